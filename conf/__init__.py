@@ -1,0 +1,1 @@
+"""Hydra configs, found by Hydra as pkg://ssmbench.conf."""

@@ -1,0 +1,1 @@
+"""Fused and reference kernels: selective scan, causal conv1d, attention."""

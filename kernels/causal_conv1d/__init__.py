@@ -1,0 +1,1 @@
+"""Causal depthwise conv1d: reference and Triton kernels."""

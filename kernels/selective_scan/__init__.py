@@ -1,0 +1,25 @@
+"""Selective scan (S6): one functional op, several backends with one signature.
+
+    y = selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False, backend="auto")
+
+Backends: "reference" (sequential loop, ground truth), "torch" (chunked parallel scan, any device), "triton"
+(fused kernels, CUDA or TRITON_INTERPRET=1), "mamba_ssm" (official CUDA kernel, when importable). "auto" picks
+the fastest one that can run on the inputs' device. Asking for a backend that cannot run raises
+BackendUnavailable with the reason; nothing falls back silently.
+"""
+
+from __future__ import annotations
+
+from .backends import BACKENDS, BackendUnavailable, available_backends, resolve_backend, selective_scan
+from .reference import selective_scan_ref, selective_state_update_ref
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailable",
+    "available_backends",
+    "resolve_backend",
+    "selective_scan",
+    "selective_scan_ref",
+    "selective_state_update_ref",
+]
