@@ -1,0 +1,159 @@
+"""Residual blocks around a sequence layer. Each is x + f(norm(x)) and follows the layer contract.
+
+Table 1 of the Mamba paper crosses the block ("arch") with its inner layer ("layer"):
+- NoGateBlock: the layer alone, then GELU and an output projection (the original S4 block).
+- H3Block: q, k, v projections; k through a shift SSM; the inner layer mixes k*v along the sequence; the output
+  is gated by q (Fu et al. 2023). With an S4 layer this is H3; with a Hyena filter it is order-2 Hyena.
+- MambaBlock: expand to (x, z); causal depthwise conv; SiLU; inner layer; gate by SiLU(z); project back.
+- TransformerBlock: the layer (attention, or an RNN for the RNN baselines) then an MLP, each pre-normed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers.base import SequenceLayer
+from .registry import build_layer
+
+NORMS = ("rmsnorm", "layernorm")
+
+
+def make_norm(kind: str, d: int) -> nn.Module:
+    if kind == "rmsnorm":
+        return nn.RMSNorm(d, eps=1e-5)
+    if kind == "layernorm":
+        return nn.LayerNorm(d)
+    raise ValueError(f"model.norm={kind!r} is not one of {NORMS}")
+
+
+class Block(SequenceLayer):
+    """x + mix(norm(x)); subclasses define mix, init_mix_state and mix_step."""
+
+    def __init__(self, d_model: int, norm: str):
+        super().__init__()
+        self.norm = make_norm(norm, d_model)
+
+    def forward(self, x):
+        return x + self.mix(self.norm(x))
+
+    def step(self, x_t, state):
+        y_t, state = self.mix_step(self.norm(x_t), state)
+        return x_t + y_t, state
+
+
+class NoGateBlock(Block):
+    def __init__(self, d_model, layer, layer_options, norm="rmsnorm", **_):
+        super().__init__(d_model, norm)
+        self.layer = build_layer(layer, d_model, layer_options)
+        self.out = nn.Linear(d_model, d_model)
+
+    def mix(self, x):
+        return self.out(F.gelu(self.layer(x)))
+
+    def init_state(self, batch_size, device, dtype=torch.float32):
+        return self.layer.init_state(batch_size, device, dtype)
+
+    def mix_step(self, x_t, state):
+        y, state = self.layer.step(x_t, state)
+        return self.out(F.gelu(y)), state
+
+
+class H3Block(Block):
+    def __init__(self, d_model, layer, layer_options, norm="rmsnorm", shift_d_state=4, **_):
+        super().__init__(d_model, norm)
+        from .layers.shift import ShiftSSM
+
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.shift = ShiftSSM(d_model, d_state=shift_d_state)
+        self.layer = build_layer(layer, d_model, layer_options)
+        self.out = nn.Linear(d_model, d_model)
+
+    def mix(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.out(q * self.layer(self.shift(k) * v))
+
+    def init_state(self, batch_size, device, dtype=torch.float32):
+        return (self.shift.init_state(batch_size, device, dtype), self.layer.init_state(batch_size, device, dtype))
+
+    def mix_step(self, x_t, state):
+        shift_state, layer_state = state
+        q, k, v = self.qkv(x_t).chunk(3, dim=-1)
+        k, shift_state = self.shift.step(k, shift_state)
+        y, layer_state = self.layer.step(k * v, layer_state)
+        return self.out(q * y), (shift_state, layer_state)
+
+
+class MambaBlock(Block):
+    def __init__(self, d_model, layer, layer_options, norm="rmsnorm", expand=2, d_conv=4, **_):
+        super().__init__(d_model, norm)
+        self.d_inner = expand * d_model
+        self.d_conv = d_conv
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.conv = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1)
+        self.layer = build_layer(layer, self.d_inner, layer_options)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        # S6 takes the gate inside its scan (fused: one pass over y); other layers are gated here.
+        self.fuse_gate = getattr(self.layer, "fuses_gate", False)
+
+    def _conv(self, x):
+        """x: [B, L, E] -> silu(causal depthwise conv(x)), [B, L, E]."""
+        L = x.shape[1]
+        return F.silu(self.conv(x.transpose(1, 2))[..., :L].transpose(1, 2))
+
+    def mix(self, x):
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        x = self._conv(x)
+        y = self.layer(x, z=z) if self.fuse_gate else self.layer(x) * F.silu(z)
+        return self.out_proj(y)
+
+    def init_state(self, batch_size, device, dtype=torch.float32):
+        conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype)
+        return (conv_state, self.layer.init_state(batch_size, device, dtype))
+
+    def mix_step(self, x_t, state):
+        conv_state, layer_state = state
+        x, z = self.in_proj(x_t).chunk(2, dim=-1)
+        # The conv state holds the last d_conv inputs; the newest goes in the last slot.
+        conv_state = torch.cat([conv_state[:, :, 1:], x[:, :, None].to(conv_state.dtype)], dim=-1)
+        w = self.conv.weight[:, 0]  # [E, d_conv]
+        x = F.silu((conv_state * w).sum(-1) + self.conv.bias)
+        if self.fuse_gate:
+            y, layer_state = self.layer.step(x, layer_state, z_t=z)
+        else:
+            y, layer_state = self.layer.step(x, layer_state)
+            y = y * F.silu(z)
+        return self.out_proj(y), (conv_state, layer_state)
+
+
+class MLP(nn.Module):
+    def __init__(self, d_model, ratio):
+        super().__init__()
+        self.up = nn.Linear(d_model, ratio * d_model)
+        self.down = nn.Linear(ratio * d_model, d_model)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x)))
+
+
+class TransformerBlock(SequenceLayer):
+    """x + layer(norm(x)), then x + MLP(norm(x)). The layer is attention, or an RNN for the RNN baseline."""
+
+    def __init__(self, d_model, layer, layer_options, norm="rmsnorm", mlp_ratio=4, **_):
+        super().__init__()
+        self.norm1, self.norm2 = make_norm(norm, d_model), make_norm(norm, d_model)
+        self.layer = build_layer(layer, d_model, layer_options)
+        self.mlp = MLP(d_model, mlp_ratio) if mlp_ratio > 0 else None
+
+    def forward(self, x):
+        x = x + self.layer(self.norm1(x))
+        return x if self.mlp is None else x + self.mlp(self.norm2(x))
+
+    def init_state(self, batch_size, device, dtype=torch.float32):
+        return self.layer.init_state(batch_size, device, dtype)
+
+    def step(self, x_t, state):
+        y, state = self.layer.step(self.norm1(x_t), state)
+        x_t = x_t + y
+        return (x_t if self.mlp is None else x_t + self.mlp(self.norm2(x_t))), state

@@ -1,0 +1,148 @@
+"""Causal multi-head self-attention with rotary (RoPE) or xPos positions and a KV cache for step().
+
+The attention itself goes through `flash_attn` when it is importable and the inputs are CUDA fp16/bf16, else
+through PyTorch's scaled_dot_product_attention with a selectable backend (flash = FlashAttention-2, cudnn,
+efficient, math; "auto" lets PyTorch choose). Absolute positions (the paper's MHA-Abs) are added at the
+embedding by the language model (`model.pos_emb`), so this layer takes pos="none" for them.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import SequenceLayer
+
+POSITIONS = ("none", "rope", "xpos")
+SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
+
+
+@dataclass
+class AttentionOptions:
+    n_heads: int = 4
+    pos: str = "rope"  # none | rope | xpos
+    rope_base: float = 10000.0
+    xpos_scale_base: float = 512.0
+    sdpa_backend: str = "auto"  # auto | flash | cudnn | efficient | math
+    use_flash_attn: bool = True  # the flash_attn package, when importable and the inputs allow it
+    dropout: float = 0.0
+
+
+def _flash_attn_func():
+    try:
+        from flash_attn import flash_attn_func
+        return flash_attn_func
+    except Exception:
+        return None
+
+
+def sdpa_context(backend: str):
+    if backend == "auto":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    kind = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[backend]
+    return sdpa_kernel([kind])
+
+
+class Rotary(nn.Module):
+    """RoPE, and xPos (RoPE times a per-frequency exponential decay of the query-key distance)."""
+
+    def __init__(self, head_dim: int, base: float, xpos: bool, scale_base: float):
+        super().__init__()
+        self.register_buffer("inv_freq", base ** (-torch.arange(0, head_dim, 2).float() / head_dim), persistent=False)
+        self.xpos = xpos
+        self.scale_base = scale_base
+        # xPos: zeta_i in (0, 1); q is scaled by zeta^(n / scale_base), k by zeta^(-n / scale_base), so q.k decays
+        # as zeta^((m - n) / scale_base) with the distance.
+        self.register_buffer("zeta", (torch.arange(0, head_dim, 2).float() + 0.4 * head_dim) / (1.4 * head_dim),
+                             persistent=False)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor):
+        """q, k: [B, H, T, hd]; positions: Long[T]."""
+        angles = positions.float()[:, None] * self.inv_freq[None]  # [T, hd/2]
+        cos, sin = angles.cos(), angles.sin()
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        if self.xpos:
+            # Exponents grow with |n|; fp32 holds zeta^(-n/512) up to n ~ 36k, past which xPos itself is undefined.
+            scale = self.zeta[None] ** (positions.float()[:, None] / self.scale_base)  # [T, hd/2]
+            scale = torch.cat([scale, scale], dim=-1)
+            q, k = q * scale.to(q.dtype), k / scale.to(k.dtype)
+        return q, k
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.to(x.dtype)
+
+
+class Attention(SequenceLayer):
+    def __init__(self, d_model: int, n_heads: int = 4, pos: str = "rope", rope_base: float = 10000.0,
+                 xpos_scale_base: float = 512.0, sdpa_backend: str = "auto", use_flash_attn: bool = True,
+                 dropout: float = 0.0):
+        super().__init__()
+        if n_heads <= 0 or d_model % n_heads:
+            raise ValueError(f"model.layer.n_heads={n_heads} must be positive and divide model.d_model={d_model}")
+        if pos not in POSITIONS:
+            raise ValueError(f"model.layer.pos={pos!r} is not one of {POSITIONS}")
+        if sdpa_backend not in SDPA_BACKENDS:
+            raise ValueError(f"model.layer.sdpa_backend={sdpa_backend!r} is not one of {SDPA_BACKENDS}")
+        self.n_heads, self.head_dim = n_heads, d_model // n_heads
+        if pos != "none" and self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head dim; d_model/n_heads = {self.head_dim}")
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.rotary = None if pos == "none" else Rotary(self.head_dim, rope_base, pos == "xpos", xpos_scale_base)
+        self.sdpa_backend = sdpa_backend
+        self.use_flash_attn = use_flash_attn
+        self.dropout = dropout
+
+    def _heads(self, x: torch.Tensor):
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return q, k, v  # each [B, H, T, hd]
+
+    def _attend(self, q, k, v, causal: bool):
+        p = self.dropout if self.training else 0.0
+        fa = _flash_attn_func() if self.use_flash_attn else None
+        if fa is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+            o = fa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p, causal=causal)
+            return o.transpose(1, 2)
+        with sdpa_context(self.sdpa_backend):
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self._heads(x)
+        if self.rotary is not None:
+            q, k = self.rotary(q, k, torch.arange(T, device=x.device))
+        o = self._attend(q, k, v, causal=True)
+        return self.out(o.transpose(1, 2).reshape(B, T, D))
+
+    def init_state(self, batch_size, device, dtype=torch.float32):
+        # KV cache with room to grow by doubling, so decode does not copy the whole cache every token.
+        shape = (batch_size, self.n_heads, 16, self.head_dim)
+        return {"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype),
+                "t": 0}
+
+    def step(self, x_t: torch.Tensor, state):
+        B, D = x_t.shape
+        q, k, v = self._heads(x_t[:, None])
+        t = state["t"]
+        if self.rotary is not None:
+            q, k = self.rotary(q, k, torch.tensor([t], device=x_t.device))
+        kc, vc = state["k"], state["v"]
+        if t >= kc.shape[2]:
+            kc = torch.cat([kc, torch.zeros_like(kc)], dim=2)
+            vc = torch.cat([vc, torch.zeros_like(vc)], dim=2)
+        kc[:, :, t] = k[:, :, 0].to(kc.dtype)
+        vc[:, :, t] = v[:, :, 0].to(vc.dtype)
+        # The query attends to every cached position (all are in its past), so no causal mask is needed.
+        o = self._attend(q, kc[:, :, : t + 1].to(q.dtype), vc[:, :, : t + 1].to(q.dtype), causal=False)
+        return self.out(o.reshape(B, D)), {"k": kc, "v": vc, "t": t + 1}

@@ -1,0 +1,164 @@
+"""Hyena's implicit long-convolution filter (Poli et al. 2023, Sec. 3.3) as a channel-wise LTI inner layer.
+
+The filter is not stored tap by tap: a small FFN maps positional features of each time step t to one value per
+channel, and an exponential window makes it decay:
+
+    h[:, t] = FFN(PositionalEmbedding(t)) * exp(-t_norm |delta_c|)        (ExponentialModulation)
+    y = causal_conv(x, h) + D x                                            (FFT over 2L)
+
+  PositionalEmbedding(t) = [t_norm, Re z, Im z] with t_norm = t / (max_len - 1), z_k = exp(-i f_k 2 pi t / max_len),
+                           f_k = linspace(1e-4, bands - 1, bands), bands = (emb_dim - 1) // 2
+  FFN = Linear(emb_dim, order) Sin [Linear(order, order) Sin] x 2  Linear(order, H, bias=False),
+        with Sin(x) = sin(freq * x), freq learned (init w) and shared by the three activations, as in safari.
+  delta_c = linspace(log(1e-2) / 1.5, log(1e-2) / 0.3, H): slow to fast decaying channels (fixed buffer).
+
+Positions are computed on the fly from t, so the filter exists for any L: for L <= max_len it is the official
+filter sliced to L, and beyond max_len it extrapolates (t_norm > 1, the window keeps decaying). The filter of
+length L is a prefix of the filter of any longer length, which is what makes step() agree with forward().
+
+The layer is linear (no gate): the Hyena operator's gates come from the block around it (H3 / Mamba / no-gate).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .base import SequenceLayer, mark_ssm
+
+
+@dataclass
+class HyenaOptions:
+    filter_order: int = 64
+    emb_dim: int = 3
+    max_len: int = 1024  # sets the frequency/time scale of the positional features; any L works
+    w: float = 1.0       # initial frequency of the sin activations
+    modulate: bool = True
+    dropout: float = 0.0
+
+
+class Sin(nn.Module):
+    def __init__(self, dim: int, w: float = 1.0):
+        super().__init__()
+        self.freq = nn.Parameter(w * torch.ones(1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.freq * x)
+
+
+class PositionalEmbedding(nn.Module):
+    """Features [t_norm, cos, -sin of `bands` frequencies] of positions 0..L-1, for any L."""
+
+    def __init__(self, emb_dim: int, max_len: int):
+        super().__init__()
+        self.max_len = max_len
+        bands = (emb_dim - 1) // 2
+        self.register_buffer("f", torch.linspace(1e-4, bands - 1, bands), persistent=False)
+
+    def forward(self, L: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (t_norm [L, 1], z [L, emb_dim])."""
+        pos = torch.arange(L, device=device or self.f.device, dtype=torch.float32)[:, None]
+        t = pos / (self.max_len - 1)
+        angle = self.f * (2 * math.pi * pos / self.max_len)          # [L, bands]
+        return t, torch.cat([t, torch.cos(angle), -torch.sin(angle)], dim=-1)
+
+
+class ExponentialModulation(nn.Module):
+    """x * exp(-t |delta_c|): channel c's window reaches `target` at t_norm between fast_decay_pct and
+    slow_decay_pct (of max_len)."""
+
+    def __init__(self, d_model: int, fast_decay_pct: float = 0.3, slow_decay_pct: float = 1.5,
+                 target: float = 1e-2, shift: float = 0.0):
+        super().__init__()
+        max_decay, min_decay = math.log(target) / fast_decay_pct, math.log(target) / slow_decay_pct
+        self.register_buffer("deltas", torch.linspace(min_decay, max_decay, d_model))
+        self.shift = shift
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x * (torch.exp(-t * self.deltas.abs()) + self.shift)
+
+
+def fft_causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """u: [B, L, H], k: [H, L] -> [B, L, H]; zero-padded to 2L so the circular convolution is the causal one."""
+    L = u.shape[1]
+    return torch.fft.irfft(torch.fft.rfft(u, n=2 * L, dim=1) * torch.fft.rfft(k.T, n=2 * L, dim=0),
+                           n=2 * L, dim=1)[:, :L]
+
+
+class HyenaFilterLayer(SequenceLayer):
+    """x [B, L, H] -> y [B, L, H]: causal long convolution with the implicit Hyena filter, plus D x.
+
+    Parameters: the filter FFN's weights, biases and sin frequency, and D [H]; all go to the SSM optimizer group
+    (fp32, no weight decay; the FFN ones tagged with mark_ssm), as safari trains the filter with wd = 0.
+    State (init_state / step): the input history, a float32 tensor [batch, H, t] with t = tokens seen so far
+    (starts as [batch, H, 0]). A long convolution has no finite state: step t costs O(H t) time and the state
+    O(H t) memory, so decoding T tokens is O(H T^2). Under no_grad the filter is computed once for a
+    power-of-two length and reused until the parameters change.
+    """
+
+    def __init__(self, d_model: int, filter_order: int = 64, emb_dim: int = 3, max_len: int = 1024,
+                 w: float = 1.0, modulate: bool = True, dropout: float = 0.0):
+        super().__init__()
+        if emb_dim < 3 or emb_dim % 2 == 0:
+            raise ValueError(f"model.layer.emb_dim={emb_dim}: must be odd and >= 3 (time, then cos/sin pairs)")
+        if filter_order <= 0:
+            raise ValueError(f"model.layer.filter_order={filter_order}: must be > 0")
+        if max_len < 2:
+            raise ValueError(f"model.layer.max_len={max_len}: must be >= 2")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"model.layer.dropout must be in [0, 1), got {dropout}")
+        self.d_model, self.modulate = d_model, modulate
+        self.pos_emb = PositionalEmbedding(emb_dim, max_len)
+        act = Sin(filter_order, w)
+        self.implicit_filter = nn.Sequential(
+            nn.Linear(emb_dim, filter_order), act,
+            nn.Linear(filter_order, filter_order), act,
+            nn.Linear(filter_order, filter_order), act,
+            nn.Linear(filter_order, d_model, bias=False),
+        )
+        for p in self.implicit_filter.parameters():
+            mark_ssm(p)
+        self.modulation = ExponentialModulation(d_model)
+        self.D = nn.Parameter(torch.randn(d_model))
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self._filter_cache = None
+
+    def filter(self, L: int) -> torch.Tensor:
+        """The implicit filter h [H, L] (float32)."""
+        device = self.D.device
+        with torch.autocast(device_type=device.type, enabled=False):
+            t, z = self.pos_emb(L, device)
+            h = self.implicit_filter(z.to(self.D.dtype))
+            if self.modulate:
+                h = self.modulation(t, h)
+        return h.T.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        L = x.shape[1]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            u = x.float()
+            y = fft_causal_conv(u, self.filter(L)) + u * self.D.float()
+        return self.dropout(y).to(x.dtype)
+
+    def init_state(self, batch_size: int, device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.zeros(batch_size, self.d_model, 0, device=device, dtype=torch.float32)
+
+    def _step_filter(self, t: int) -> torch.Tensor:
+        """filter(t), memoised (at a power-of-two length) while gradients are off."""
+        if torch.is_grad_enabled():
+            return self.filter(t)
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        if self._filter_cache is None or self._filter_cache[0] != key or self._filter_cache[1].shape[-1] < t:
+            self._filter_cache = (key, self.filter(max(64, 1 << (t - 1).bit_length())))
+        return self._filter_cache[1][:, :t]
+
+    def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t [B, H]; state [B, H, t] past inputs. y_t = sum_s h_s x_{t-s} + D x_t."""
+        u = x_t.float()
+        hist = torch.cat([state, u[:, :, None]], dim=-1)          # [B, H, t+1], oldest first
+        h = self._step_filter(hist.shape[-1])                      # [H, t+1]
+        y = (hist * h.flip(-1)).sum(-1) + self.D.float() * u
+        return self.dropout(y).to(x_t.dtype), hist

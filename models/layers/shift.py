@@ -1,0 +1,48 @@
+"""The shift SSM of H3 (Fu et al. 2023, Sec. 3.1), the first of H3's two SSMs.
+
+Per channel, an SSM whose A is the N x N shift matrix (ones on the subdiagonal) and B = e_1: the state is the
+last N inputs, h_t = [x_t, x_{t-1}, ..., x_{t-N+1}]. With a learned C and a D skip,
+
+    y_t = sum_{k<N} C_k x_{t-k} + D x_t,
+
+a short causal convolution of width N = d_state with kernel C. (C_0 and D both weigh x_t; kept as in H3.)
+Forward runs it as a depthwise F.conv1d; step keeps the last N inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import SequenceLayer
+
+
+class ShiftSSM(SequenceLayer):
+    """x [B, L, H] -> y [B, L, H]. Parameters C [H, N] (the kernel, C[:, k] multiplies x_{t-k}) and D [H],
+    both SSM-group (fp32, no weight decay). State: float32 [batch, H, N], state[..., k] = x_{t-k}."""
+
+    def __init__(self, d_model: int, d_state: int = 4):
+        super().__init__()
+        if d_state <= 0:
+            raise ValueError(f"ShiftSSM d_state must be > 0, got {d_state}")
+        self.d_model, self.d_state = d_model, d_state
+        self.C = nn.Parameter(torch.randn(d_model, d_state) / d_state ** 0.5)
+        self.D = nn.Parameter(torch.randn(d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            u = x.float().transpose(1, 2)                               # [B, H, L]
+            # conv1d is cross-correlation: flip C so that weight[..., -1 - k] multiplies x_{t-k}
+            y = F.conv1d(F.pad(u, (self.d_state - 1, 0)), self.C.float().flip(-1)[:, None, :], groups=self.d_model)
+            y = y + u * self.D.float()[:, None]
+        return y.transpose(1, 2).to(x.dtype)
+
+    def init_state(self, batch_size: int, device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.zeros(batch_size, self.d_model, self.d_state, device=device, dtype=torch.float32)
+
+    def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u = x_t.float()
+        h = torch.cat([u[:, :, None], state[:, :, :-1]], dim=-1)       # h = A h + B x_t: shift in x_t
+        y = (h * self.C.float()).sum(-1) + self.D.float() * u
+        return y.to(x_t.dtype), h

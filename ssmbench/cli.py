@@ -1,0 +1,83 @@
+"""Command-line entry points: `ssmbench` (train and evaluate, Hydra app) and `ssmbench-report`.
+
+    ssmbench                                         # the default run: Mamba on selective copying, CPU-sized
+    ssmbench task=induction model=transformer        # pick groups
+    ssmbench -m experiment=demo                      # a whole study (a sweep)
+    ssmbench -m model=mamba,s4 task.seq_len=128,256 seed=0,1,2
+    ssmbench-report results/demo                     # tables and plots from a results folder
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from .config import register_configs
+from .results import finished, rows_path, run_id, write_rows
+from .run import RunConfigError, execute, prepare
+
+log = logging.getLogger("ssmbench")
+register_configs()
+
+
+def _in_sweep() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+def run_one(cfg: DictConfig) -> list[dict] | None:
+    """Run one config, honouring resume; returns its rows (None when skipped)."""
+    try:
+        p = prepare(cfg)
+    except RunConfigError as e:
+        if _in_sweep():
+            # One bad point of a sweep must not stop the others: record it as an error row and go on.
+            rid = run_id({"invalid": OmegaConf.to_container(cfg, resolve=True)})
+            write_rows(rows_path(cfg.results_root, cfg.study, rid),
+                       [{"run_id": rid, "study": cfg.study, "task": cfg.task.get("name"),
+                         "model": cfg.model.get("name"), "seed": cfg.seed, "status": "error",
+                         "error": f"config error: {e}", "config": OmegaConf.to_yaml(cfg, resolve=True)}])
+            log.error("config error: %s", e)
+            return None
+        raise
+    rid = run_id(p.identity)
+    path = rows_path(cfg.results_root, cfg.study, rid)
+    if cfg.resume and finished(path, cfg.retry_failed):
+        log.info("skipping run %s (%s on %s, seed %s): rows exist at %s", rid, p.model_cfg.name, cfg.task.name,
+                 cfg.seed, path)
+        return None
+    rows = execute(p, rid, cfg.study)
+    write_rows(path, rows)
+    for r in rows:
+        log.info("%s %s L=%s: status=%s accuracy=%.4f params=%s train tok/s=%.0f", r["model"], r["task"],
+                 r["eval_len"], r["status"], r["accuracy"], r.get("params"), r.get("train_tokens_per_s", float("nan")))
+    return rows
+
+
+@hydra.main(version_base="1.3", config_path="pkg://ssmbench.conf", config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        run_one(cfg)
+    except RunConfigError as e:
+        print(f"ssmbench: config error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+def report_main(argv: list[str] | None = None) -> None:
+    from .report import main as report
+    report(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Structured config schemas, registered in Hydra's ConfigStore.
+
+Every group has a dataclass schema, so Hydra rejects a mistyped key or a wrong type before any work starts,
+naming the key (`task.seq_lenn`, `trainer.lr=fast`). Values are then checked by the objects themselves
+(a task's constructor, the model registry, `validate_trainer`), again naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from ssmbench.models.lm import ModelConfig
+
+
+# ---- tasks: one schema per generator; the fields are the generator's constructor arguments ----------------
+@dataclass
+class TaskConfig:
+    _target_: str = MISSING
+    name: str = MISSING
+
+
+@dataclass
+class SelectiveCopyConfig(TaskConfig):
+    _target_: str = "ssmbench.tasks.SelectiveCopying"
+    name: str = "selective_copy"
+    seq_len: int = 256
+    vocab_size: int = 16
+    n_data: int = 16
+    selective: bool = True
+
+
+@dataclass
+class CopyConfig(SelectiveCopyConfig):
+    _target_: str = "ssmbench.tasks.Copying"
+    name: str = "copy"
+    selective: bool = False
+
+
+@dataclass
+class InductionConfig(TaskConfig):
+    _target_: str = "ssmbench.tasks.InductionHeads"
+    name: str = "induction"
+    seq_len: int = 256
+    vocab_size: int = 16
+
+
+@dataclass
+class MQARConfig(TaskConfig):
+    _target_: str = "ssmbench.tasks.MultiQueryAR"
+    name: str = "mqar"
+    seq_len: int = 256
+    vocab_size: int = 256
+    n_pairs: int = 16
+
+
+# ---- training and evaluation -------------------------------------------------------------------------------
+@dataclass
+class TrainerConfig:
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    ssm_lr: Optional[float] = None  # learning rate of the SSM parameter group; None = lr
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # constant | cosine (after warmup)
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    check_every: int = 100  # steps between accuracy checks on held-out data (for early stop and the log)
+    target_accuracy: Optional[float] = None  # stop early once held-out accuracy reaches this (0..1)
+    max_time_s: Optional[float] = None  # wall-clock budget for training; None = no limit
+    progress: bool = True  # progress bar with loss and accuracy
+
+
+@dataclass
+class EvalConfig:
+    lengths: list[int] = field(default_factory=list)  # empty: evaluate at the training length only
+    batch_size: int = 64
+    batches: int = 4
+    max_tokens: int = 1 << 22  # per batch; long lengths get smaller batches (at least 1 sequence)
+
+
+@dataclass
+class Config:
+    task: Any = MISSING
+    model: ModelConfig = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    study: str = "default"  # names the results folder: <results_root>/<study>/ (experiment files set it)
+    results_root: str = "results"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    resume: bool = True  # skip runs whose rows already exist
+    retry_failed: bool = False  # with resume, run again the runs whose rows record a failure
+
+
+TASK_SCHEMAS = {"selective_copy": SelectiveCopyConfig, "copy": CopyConfig, "induction": InductionConfig,
+                "mqar": MQARConfig}
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    for name, schema in TASK_SCHEMAS.items():
+        cs.store(group="task", name=f"{name}_schema", node=schema)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)

@@ -1,0 +1,190 @@
+"""One run: validate the config, build task and model, train, evaluate at every length, return the rows.
+
+Everything that can be checked is checked before training starts (`prepare`), so a bad config fails in
+seconds, naming the key. Failures after that (divergence, out of memory, a crash in a layer) become rows with
+their status and error, so a sweep keeps going and the report shows what happened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from ssmbench.kernels.selective_scan import resolve_backend
+from ssmbench.models.lm import LanguageModel, ModelConfig
+from ssmbench.models.registry import ConfigError
+
+from .config import EvalConfig, TrainerConfig
+from .env import environment
+from .evaluate import autocast_factory, evaluate_length
+from .metrics import free_cached_memory, is_out_of_memory
+from .train import TrainerConfigError, train, validate_trainer
+
+log = logging.getLogger("ssmbench")
+
+
+class RunConfigError(ValueError):
+    """The config cannot describe a run; the message names the key."""
+
+
+@dataclass
+class Prepared:
+    cfg: DictConfig
+    task: Any
+    task_params: dict[str, Any]
+    model_cfg: ModelConfig
+    trainer: TrainerConfig
+    eval: EvalConfig
+    device: torch.device
+    precision: str
+    eval_lengths: list[int]
+    identity: dict[str, Any]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise RunConfigError(f"device={name!r} is not a device name (auto, cpu, cuda, cuda:N)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunConfigError(f"device={name!r} but CUDA is not available here; use device=cpu or device=auto")
+    return device
+
+
+def build_task(task_cfg: DictConfig):
+    params = {k: v for k, v in OmegaConf.to_container(task_cfg, resolve=True).items() if k not in ("_target_", "name")}
+    try:
+        cls = get_class(task_cfg._target_)
+    except Exception as e:
+        raise RunConfigError(f"task._target_={task_cfg._target_!r} cannot be imported: {e}") from e
+    try:
+        return cls(**params), params
+    except (ValueError, TypeError) as e:
+        raise RunConfigError(f"task.{e}" if str(e).split()[0] in params else f"task: {e}") from e
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """All validation that needs no training. Raises RunConfigError naming the offending key."""
+    task, task_params = build_task(cfg.task)
+    model_cfg = OmegaConf.to_object(cfg.model)
+    trainer = OmegaConf.to_object(cfg.trainer)
+    ev = OmegaConf.to_object(cfg.eval)
+    try:
+        validate_trainer(trainer)
+        # Building the model on the meta device checks every model key (names, sizes, heads | d_model) at no cost.
+        with torch.device("meta"):
+            LanguageModel(model_cfg, task.vocab_size)
+    except (ConfigError, TrainerConfigError) as e:
+        raise RunConfigError(str(e)) from e
+    except ValueError as e:
+        raise RunConfigError(f"model: {e}") from e
+    device = resolve_device(cfg.device)
+    precision = trainer.precision if trainer.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    lengths = list(ev.lengths) or [task.seq_len]
+    for key in ("batch_size", "batches", "max_tokens"):
+        if getattr(ev, key) <= 0:
+            raise RunConfigError(f"eval.{key} must be > 0, got {getattr(ev, key)}")
+    for L in lengths:
+        try:
+            task.sample(1, L, torch.Generator().manual_seed(0)) if L <= 4096 else None
+        except ValueError as e:
+            raise RunConfigError(f"eval.lengths: {L} is not a valid length for this task: {e}") from e
+    if cfg.seed < 0:
+        raise RunConfigError(f"seed must be >= 0, got {cfg.seed}")
+    identity = {
+        "task": OmegaConf.to_container(cfg.task, resolve=True),
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "trainer": {k: v for k, v in dataclasses.asdict(trainer).items() if k != "progress"},
+        "eval": dataclasses.asdict(ev),
+        "seed": cfg.seed,
+        "device": device.type,
+    }
+    return Prepared(cfg, task, task_params, model_cfg, trainer, ev, device, precision, lengths, identity)
+
+
+def scan_backend_of(model_cfg: ModelConfig, device: torch.device) -> str:
+    layer = dict(model_cfg.layer)
+    if layer.get("name") != "s6":
+        return "none"
+    return resolve_backend(layer.get("scan_backend", "auto"), device)
+
+
+def execute(p: Prepared, run_id: str, study: str) -> list[dict[str, Any]]:
+    """Train and evaluate; always returns rows (one per evaluation length), whatever happened."""
+    started = time.perf_counter()
+    base = {
+        "run_id": run_id,
+        "study": study,
+        "task": p.cfg.task.name,
+        **{f"task.{k}": v for k, v in p.task_params.items()},
+        "model": p.model_cfg.name,
+        "arch": p.model_cfg.arch,
+        "layer": p.model_cfg.layer.get("name"),
+        "d_model": p.model_cfg.d_model,
+        "n_layers": p.model_cfg.n_layers,
+        "seed": p.cfg.seed,
+        "train_len": p.task.seq_len,
+        "batch_size": p.trainer.batch_size,
+        "lr": p.trainer.lr,
+        "precision": p.precision,
+        "scan_backend": scan_backend_of(p.model_cfg, p.device),
+        **environment(p.device),
+        "config": OmegaConf.to_yaml(p.cfg, resolve=True),
+    }
+    autocast = autocast_factory(p.device, p.precision)
+    gen = torch.Generator(device=p.device).manual_seed(p.cfg.seed)
+    # Held-out data comes from generators seeded apart from training, the same for every model with this seed.
+    check_seed = 1_000_003 + p.cfg.seed
+    params = 0
+    try:
+        torch.manual_seed(p.cfg.seed)  # parameter init only; tasks draw from their own generator
+        model = LanguageModel(p.model_cfg, p.task.vocab_size).to(p.device)
+        params = model.num_parameters()
+        res = train(model, p.task, p.trainer, p.device, autocast, gen, check_seed,
+                    desc=f"{p.model_cfg.name} {p.cfg.task.name} L={p.task.seq_len}")
+    except Exception as e:  # everything after validation is a result, not a crash of the sweep
+        oom = is_out_of_memory(e)
+        free_cached_memory(p.device)
+        status = "oom" if oom else "error"
+        log.error("run %s failed (%s): %s", run_id, status, e)
+        err = str(e).splitlines()[0] if oom else "".join(traceback.format_exception_only(type(e), e)).strip()
+        return [{**base, "params": params, "eval_len": L, "status": status, "error": err[:2000],
+                 "accuracy": math.nan, "loss": math.nan, "steps": 0, "wall_s": time.perf_counter() - started}
+                for L in p.eval_lengths]
+    rows = []
+    train_fields = {
+        "params": params,
+        "steps": res.steps,
+        "stopped_early": res.stopped_early,
+        "train_time_s": res.train_time_s,
+        "train_tokens_per_s": res.train_tokens_per_s,
+        "train_peak_mem_bytes": res.train_peak_mem_bytes,
+        "final_train_loss": res.final_train_loss,
+        "final_train_accuracy": res.final_train_accuracy,
+        "history": res.history,
+    }
+    for L in p.eval_lengths:
+        if res.status != "ok":
+            ev = {"eval_len": L, "status": res.status, "error": res.error, "accuracy": math.nan, "loss": math.nan}
+        else:
+            g = torch.Generator(device=p.device).manual_seed(check_seed + 7919 * L)
+            try:
+                ev = evaluate_length(model, p.task, L, g, p.eval.batches, p.eval.batch_size, p.eval.max_tokens,
+                                     p.device, autocast)
+            except Exception as e:
+                ev = {"eval_len": L, "status": "error", "accuracy": math.nan, "loss": math.nan,
+                      "error": "".join(traceback.format_exception_only(type(e), e)).strip()[:2000]}
+        rows.append({**base, **train_fields, **ev})
+    wall = time.perf_counter() - started
+    return [{**r, "wall_s": wall} for r in rows]
