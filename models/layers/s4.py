@@ -35,7 +35,10 @@ matrix and discretise it with one matrix exponential per channel:
 which is real for any learned L_h, P_h (the conjugate pairs are kept implicit), and stable whenever
 Re(L_h) < 0 (its symmetric part is negative definite). V_h is a fixed buffer from the eigendecomposition at
 init. The state is then real, [N] per channel, in the original (HiPPO) basis. The kernel is built by repeated
-squaring (dA^(2^k)), log2(L) batched matmuls. Cost: O(H N^3 log L) per forward, fine for N <= 64.
+squaring (dA^(2^k)), log2(L) batched matmuls. Cost: O(H N^3 log L) time and an [H, N, L] intermediate per
+forward, fine for N <= 64 and L in the thousands; prefer the diagonal inits for very long L. (The official
+code keeps only the N/2 complex coordinates with the low-rank term restricted to them, which is not exactly
+the real system; materialising the real matrix keeps A == HiPPO-LegS at init, checked in the tests.)
 """
 
 from __future__ import annotations
@@ -44,7 +47,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .base import SequenceLayer

@@ -1,0 +1,34 @@
+"""Shared by the runner tests: compose configs in-process, and run the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_module
+
+from ssmbench.config import register_configs
+
+# A run that takes a second or two on the CPU.
+TINY = ["task.seq_len=32", "task.n_data=4", "model.d_model=16", "model.n_layers=1", "trainer.steps=20",
+        "trainer.batch_size=8", "trainer.check_every=10", "trainer.progress=false", "eval.batches=1",
+        "eval.batch_size=8", "model.layer.d_state=4"]
+
+
+def tiny_overrides(model: str = "mamba") -> list[str]:
+    over = [o for o in TINY if not (o.startswith("model.layer.d_state") and model in ("transformer", "lstm"))]
+    return [f"model={model}"] + over
+
+
+def compose_cfg(overrides: list[str]):
+    register_configs()
+    with initialize_config_module(config_module="ssmbench.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def cli(args: list[str], cwd: Path, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "ssmbench.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout, **popen)
