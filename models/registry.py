@@ -60,8 +60,10 @@ def layer_options(name: str, options: dict[str, Any], key: str = "model.layer") 
         return OmegaConf.to_object(merged)
     except ImportError:  # pragma: no cover - omegaconf is a dependency; this keeps the models usable alone
         return opts_cls(**options)
-    except Exception as e:  # omegaconf.ValidationError and friends
-        raise ConfigError(f"{key}: {e}".splitlines()[0] + f" (layer {name!r})") from e
+    except Exception as e:  # omegaconf.ValidationError and friends carry the offending key
+        sub = getattr(e, "full_key", None)
+        where = f"{key}.{sub}" if sub else key
+        raise ConfigError(f"{where}: {str(e).splitlines()[0]} (layer {name!r})") from e
 
 
 def build_layer(name: str, d_model: int, options: dict[str, Any] | Any | None = None):
