@@ -116,24 +116,26 @@ class LanguageModel(nn.Module):
 
     def param_groups(self, weight_decay: float, ssm_lr: float | None = None) -> list[dict]:
         """AdamW groups: SSM parameters (A, D, dt bias, S4's B/C/dt...), norms, biases and embeddings go without
-        weight decay; everything else decays. SSM parameters may get their own learning rate."""
+        weight decay; everything else decays. An SSM parameter may carry its own learning rate (S4 tags A, B and
+        dt with `_optim = {"lr": lr_ssm}`, as the S4 code does); `ssm_lr`, when given, overrides them all."""
         ssm = ssm_parameter_names(self)
-        decay, no_decay, ssm_params = [], [], []
+        decay, no_decay, ssm_params = [], [], {}
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
             if name in ssm:
-                ssm_params.append(p)
+                lr = ssm_lr if ssm_lr is not None else getattr(p, "_optim", {}).get("lr")
+                ssm_params.setdefault(lr, []).append(p)
             elif p.dim() < 2 or "embed" in name or "pos." in name or "norm" in name:
                 no_decay.append(p)
             else:
                 decay.append(p)
         groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
                   {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
-        if ssm_params:
-            g = {"params": ssm_params, "weight_decay": 0.0, "name": "ssm"}
-            if ssm_lr is not None:
-                g["lr"] = ssm_lr
+        for lr, params in ssm_params.items():
+            g = {"params": params, "weight_decay": 0.0, "name": "ssm" if lr is None else f"ssm_lr{lr:g}"}
+            if lr is not None:
+                g["lr"] = lr
             groups.append(g)
         return groups
 
