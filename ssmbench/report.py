@@ -18,6 +18,9 @@ import pandas as pd
 from .results import load_all
 
 STATUS_ORDER = ("ok", "nan", "oom", "error")
+# What each inner layer stands for in the paper's argument; plots colour by it.
+FAMILIES = {"attention": "attention", "rnn": "RNN", "s4": "LTI SSM", "hyena": "LTI SSM", "s6": "selective SSM"}
+PALETTE = {"attention": "#4C72B0", "RNN": "#937860", "LTI SSM": "#DD8452", "selective SSM": "#55A868"}
 
 
 def load_frame(folder: str | Path) -> pd.DataFrame:
@@ -25,6 +28,7 @@ def load_frame(folder: str | Path) -> pd.DataFrame:
     if not rows:
         raise SystemExit(f"ssmbench-report: no rows under {folder} (expected {folder}/rows/*.json)")
     df = pd.DataFrame(rows)
+    df["family"] = df["layer"].map(FAMILIES).fillna("other") if "layer" in df else "other"
     for col in ("accuracy", "loss", "train_tokens_per_s", "eval_tokens_per_s", "train_peak_mem_bytes", "params",
                 "eval_len"):
         if col not in df:
@@ -81,6 +85,11 @@ def failures(df: pd.DataFrame) -> pd.DataFrame:
     return bad[cols].drop_duplicates()
 
 
+def _legend_outside(ax) -> None:
+    if ax.get_legend() is not None:
+        ax.legend(title="family", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+
+
 def plot(df: pd.DataFrame, out: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -95,7 +104,7 @@ def plot(df: pd.DataFrame, out: Path) -> list[Path]:
     task = ", ".join(sorted(df["task"].dropna().unique()))
 
     lengths = sorted(ok["eval_len"].dropna().unique())
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     if len(lengths) > 1:
         sns.lineplot(data=ok, x="eval_len", y="accuracy (%)", hue="model", style="model", markers=True,
                      dashes=False, errorbar=("pi", 100) if ok["seed"].nunique() > 1 else None, ax=ax)
@@ -107,9 +116,11 @@ def plot(df: pd.DataFrame, out: Path) -> list[Path]:
         ax.set_xlabel("evaluation sequence length (dotted: training length)")
     else:
         order = ok.groupby("model")["accuracy (%)"].mean().sort_values(ascending=False).index
-        sns.barplot(data=ok, x="model", y="accuracy (%)", order=order, errorbar=None, ax=ax)
+        sns.barplot(data=ok, x="model", y="accuracy (%)", order=order, hue="family", palette=PALETTE, dodge=False,
+                    errorbar=None, ax=ax)
         for c in ax.containers:
             ax.bar_label(c, fmt="%.1f")
+        _legend_outside(ax)
         ax.set_xlabel("model")
         ax.tick_params(axis="x", rotation=30)
     ax.set_ylim(0, 105)
@@ -125,11 +136,13 @@ def plot(df: pd.DataFrame, out: Path) -> list[Path]:
         if runs[col].notna().sum() == 0:
             continue
         data = runs.assign(value=runs[col] / (2**20 if "mem" in col else 1))
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = plt.subplots(figsize=(8, 4))
         order = data.groupby("model")["value"].median().sort_values(ascending=False).index
-        sns.barplot(data=data, x="model", y="value", order=order, estimator="median", errorbar=None, ax=ax)
+        sns.barplot(data=data, x="model", y="value", order=order, hue="family", palette=PALETTE, dodge=False,
+                    estimator="median", errorbar=None, ax=ax)
         ax.set_ylabel(label)
         ax.set_xlabel("model")
+        _legend_outside(ax)
         ax.tick_params(axis="x", rotation=30)
         dev = ", ".join(sorted(runs["device"].dropna().unique()))
         ax.set_title(f"{label.split(' (')[0].capitalize()} — {dev}", fontsize=10)
