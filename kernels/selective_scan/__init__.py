@@ -12,6 +12,7 @@ BackendUnavailable with the reason; nothing falls back silently.
 from __future__ import annotations
 
 from .backends import BACKENDS, BackendUnavailable, available_backends, resolve_backend, selective_scan
+from .decode import selective_state_update
 from .reference import selective_scan_ref, selective_state_update_ref
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "resolve_backend",
     "selective_scan",
     "selective_scan_ref",
+    "selective_state_update",
     "selective_state_update_ref",
 ]

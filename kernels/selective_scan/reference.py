@@ -32,7 +32,9 @@ def prepare_delta(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_so
                   dtype: torch.dtype) -> torch.Tensor:
     delta = delta.to(dtype)
     if delta_bias is not None:
-        delta = delta + delta_bias.to(dtype)[:, None]
+        # delta is [batch, dim, L] for the scan and [batch, dim] for a decode step; the bias is per channel.
+        bias = delta_bias.to(dtype)
+        delta = delta + (bias[:, None] if delta.dim() == 3 else bias)
     return F.softplus(delta) if delta_softplus else delta
 
 

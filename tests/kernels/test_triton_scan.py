@@ -29,8 +29,11 @@ def triton_mode(monkeypatch):
 
 
 def rel_err(a, b):
+    """||a - b|| / ||b||; absolute when the reference is exactly zero (dA at L = 1: the initial state is 0,
+    while the kernel's a_t h_(t-1) = h_t - x_t leaves fp32 rounding noise, ~1e-7 on O(1) data)."""
     a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+    nb = b.norm()
+    return ((a - b).norm() / (nb if nb > 0 else 1.0)).item()
 
 
 def make_inputs(batch, dim, L, N, *, bc="var", groups=1, dtype=torch.float32, z=True, D=True, bias=True,
@@ -84,7 +87,7 @@ def check(inp, *, softplus=True, tol=2e-5, long_sequence=None, config=None, back
 
 def _small_cfg():
     from ssmbench.kernels.selective_scan.triton_scan import ScanConfig
-    return ScanConfig(block_d_fwd=2, block_l_fwd=32, block_d_bwd=2, chunk=64, min_seg_len=64)
+    return ScanConfig(block_l_fwd=32, chunk=64, min_seg_len=64)
 
 
 @pytest.mark.parametrize("L", [1, 63, 64, 1000])
@@ -97,17 +100,9 @@ def test_long_tail_4097():
     check(make_inputs(1, 1, 4097, 2, bc="mixed", z=False, seed=5))
 
 
-def test_groups_and_blocked_channels():
-    # 2 groups of 3 channels: BLOCK_D falls back to 1; then 4 channels per group with BLOCK_D = 2 (and 4 > dim)
-    check(make_inputs(1, 6, 65, 4, bc="groups", groups=2, seed=2), config=_small_cfg())
-    check(make_inputs(2, 8, 40, 3, bc="groups", groups=2, seed=3), config=_small_cfg())
-
-
-def test_dim_not_multiple_of_block():
-    from ssmbench.kernels.selective_scan.triton_scan import ScanConfig
-    cfg = ScanConfig(block_d_fwd=4, block_l_fwd=64, block_d_bwd=4, chunk=32)
-    launch = check(make_inputs(1, 5, 100, 4, seed=4), config=cfg)
-    assert launch["fwd_block_d"] == 4 and launch["bwd_block_d"] == 4
+def test_groups():
+    # 2 groups of 3 channels, N = 3 (state block padded to 4), forward blocks shorter than the chunk
+    check(make_inputs(1, 6, 65, 3, bc="groups", groups=2, seed=2), config=_small_cfg())
 
 
 @pytest.mark.parametrize("bc", ["fixed", "mixed"])
@@ -191,7 +186,7 @@ def test_gpu_half(dtype, tol):
 @gpu
 @pytest.mark.parametrize("long_sequence", [True, False])
 def test_gpu_long_sequence(long_sequence):
-    launch = check(make_inputs(1, 8, 20000, 16, seed=22), long_sequence=long_sequence, tol=5e-5)
+    launch = check(make_inputs(1, 8, 12000, 16, seed=22), long_sequence=long_sequence, tol=5e-5)
     assert (launch["fwd_segments"] > 1) == long_sequence
 
 
@@ -199,7 +194,7 @@ def test_gpu_long_sequence(long_sequence):
 @gpu
 def test_gpu_long_sequence_auto():
     # batch * dim far below the SM count: the heuristic must take the long path by itself
-    launch = check(make_inputs(1, 4, 40000, 16, seed=23), tol=5e-5)
+    launch = check(make_inputs(1, 4, 12000, 16, seed=23), tol=5e-5)
     assert launch["fwd_segments"] > 1 and launch["bwd_segments"] > 1
 
 

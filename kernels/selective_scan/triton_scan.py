@@ -1,0 +1,273 @@
+"""Fused selective scan in Triton: forward, backward with recomputation, and a long-sequence path.
+
+    y = selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                              return_last_state=False)
+
+Same signature and layouts as the reference (and mamba_ssm's selective_scan_fn): u, delta, z [batch, dim, L]
+in fp32/bf16/fp16; A [dim, N] fp32; B, C [dim, N], [batch, N, L] or [batch, groups, N, L]; D, delta_bias [dim].
+
+Forward, per block of BLOCK_L steps, all in registers: dt = softplus(delta + bias); a = exp(dt A);
+x = dt u B; the pairs (a, x) are scanned along L with (a1, b1) o (a2, b2) = (a1 a2, b1 a2 + b2) and the carried
+state h folded in as h_t = (prod a) h + (scanned x); y = <C, h> + D u, times silu(z). Only y leaves the chip,
+plus one fp32 state checkpoint every CHUNK steps ([batch, dim, ceil(L/CHUNK), N]: 4N bytes per CHUNK steps, a
+sixth of the bytes of bf16 u, delta, z at CHUNK=64, N=16); the [batch, dim, L, N] states never exist in memory.
+
+Backward, per block from last to first: recompute the block's states from its checkpoint, then a reverse
+scan gives the state adjoint lam_t = C_t gy_t + a_{t+1} lam_{t+1} (gy = dout silu(z)), and from it
+    dB_t = sum_d lam_t dt_t u_t        dC_t = sum_d gy_t h_t        dA = sum_t lam_t a_t h_{t-1} dt_t
+    d(dt)_t = sum_n lam_t (a_t h_{t-1} A + u_t B_t)      du_t = dt_t sum_n lam_t B_t + D gy_t
+with a_t h_{t-1} = h_t - x_t. dB/dC of shared (time-varying) B/C are summed over channels with fp32 atomics;
+dA, dD, d(delta_bias) and fixed dB/dC are per-(batch, channel) partial sums added up afterwards.
+
+Long sequences: when batch * dim blocks cannot fill the GPU, L is cut into S segments and the scan runs in
+three launches: (1) every segment from a zero state gives its end state and sum(dt) (so its total decay is
+exp(A sum dt)); (2) a small sequential pass over the S segments gives each segment's true start state;
+(3) the full forward from those start states. The backward does the same for the adjoint, right to left.
+`long_sequence=None` decides by a heuristic on programs vs SMs; True/False force it (tests, benchmarks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from . import triton_util as tu
+
+_KERNELS = Path(__file__).with_name("triton_scan_kernels.py")
+
+# What the last call launched ({"fwd_segments": S, "bwd_segments": S, ...}): lets tests and benchmarks check
+# which path ran.
+LAST_LAUNCH: dict = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScanConfig:
+    """Launch parameters. chunk = checkpoint interval = the backward's block length. The forward block
+    length must divide chunk or be a multiple of it. Defaults: the best of the sweep in
+    scripts/bench_kernels.py --tune on an H200 (results/kernels/): one warp per program wins, since a
+    program's tile then needs no cross-warp barriers and many programs share an SM."""
+    block_l_fwd: int = 128
+    warps_fwd: int = 1
+    chunk: int = 64
+    warps_bwd: int = 1
+    min_seg_len: int = 4096  # long path: shortest segment (steps)
+    split_below_warps_per_sm: int = 4  # long path: taken when one segment per channel gives fewer warps per SM
+    target_warps_per_sm: int = 128  # long path: split until this many warps per SM are resident
+
+
+DEFAULT_CONFIG = ScanConfig()
+INTERPRETER_CONFIG = ScanConfig(block_l_fwd=64, chunk=64, min_seg_len=128)
+
+
+def _k():
+    return tu.load_kernels(_KERNELS)
+
+
+def _n_segments(force: bool | None, programs: int, warps: int, n_iters: int, block_l: int,
+                cfg: ScanConfig, device: torch.device) -> int:
+    """How many segments to cut each channel's sequence into (1 = no long-sequence path). Split only when
+    one segment per channel leaves the GPU nearly empty (fewer than split_below_warps_per_sm warps per SM),
+    then aim for target_warps_per_sm; a segment is at least min_seg_len steps unless forced."""
+    if force is False or n_iters <= 1:
+        return 1
+    sms = tu.num_sms(device)
+    min_iters = max(1, cfg.min_seg_len // block_l)
+    if force is None:
+        if programs * warps >= sms * cfg.split_below_warps_per_sm or n_iters < 2 * min_iters:
+            return 1
+    else:
+        min_iters = 1
+    seg = max(2, -(-sms * cfg.target_warps_per_sm // (programs * warps)))
+    seg = min(seg, max(1, n_iters // min_iters))
+    return max(1, min(seg, n_iters))
+
+
+def _bc_layout(X: torch.Tensor, batch: int, dim: int, L: int):
+    """-> (tensor, variable?, groups, strides s0, s1, s2) with the last dim contiguous."""
+    if X.dim() == 2:
+        assert X.shape[0] == dim, f"fixed B/C must be [dim, N], got {tuple(X.shape)}"
+        return X, False, 1, (X.stride(0), X.stride(1), 0)
+    if X.dim() == 3:
+        X = X.unsqueeze(1)
+    assert X.dim() == 4 and X.shape[0] == batch and X.shape[-1] == L, f"bad B/C shape {tuple(X.shape)}"
+    if X.stride(-1) != 1:
+        X = X.contiguous()
+    return X, True, X.shape[1], (X.stride(0), X.stride(1), X.stride(2))
+
+
+def _lastdim_contig(x):
+    return x if x is None or x.stride(-1) == 1 else x.contiguous()
+
+
+def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, cfg, long_sequence):
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    dev = u.device
+    Bt, b_var, gB, sB = _bc_layout(B, batch, dim, L)
+    Ct, c_var, gC, sC = _bc_layout(C, batch, dim, L)
+    groups = max(gB, gC)
+    assert dim % groups == 0 and (not b_var or not c_var or gB == gC)
+    BL, CH = cfg.block_l_fwd, cfg.chunk
+    assert BL % CH == 0 or CH % BL == 0, "block_l_fwd must divide chunk or be a multiple of it"
+    n_chunks = -(-L // CH)
+    n_iters = -(-L // BL)
+    S = _n_segments(long_sequence, batch * dim, cfg.warps_fwd, n_iters, BL, cfg, dev)
+    seg_iters = -(-n_iters // S)
+    S = -(-n_iters // seg_iters)
+    LAST_LAUNCH.update(fwd_segments=S)
+    out = tu.alloc((batch, dim, L), u.dtype, dev)
+    ckpt = tu.alloc((batch, dim, n_chunks, N), torch.float32, dev)
+    BN = max(2, tu.next_pow2(N))
+    zz = z if z is not None else u
+    dummy = ckpt
+    common = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
+                  B_VAR=b_var, C_VAR=c_var, BLOCK_N=BN, BLOCK_L=BL, CHUNK=CH, num_warps=cfg.warps_fwd)
+    args = (u, delta, A, Bt, Ct, D if D is not None else A, zz, delta_bias if delta_bias is not None else A)
+    strides = (dim, L, N, dim // groups, n_chunks, seg_iters,
+               u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
+               out.stride(0), out.stride(1), A.stride(0), A.stride(1), *sB, *sC)
+    K = _k()
+    hinit = None
+    if S > 1:
+        hloc = tu.alloc((batch, dim, S, N), torch.float32, dev)
+        dsum = tu.alloc((batch, dim, S), torch.float32, dev)
+        K.scan_fwd_kernel[(batch * dim, S)](*args, out, ckpt, dummy, hloc, dsum, *strides,
+                                            LOCAL=True, HAS_INIT=False, **common)
+        hinit = tu.alloc((batch, dim, S, N), torch.float32, dev)
+        _carry(K, hloc, dsum, A, None, hinit, reverse=False)
+    K.scan_fwd_kernel[(batch * dim, S)](*args, out, ckpt, hinit if hinit is not None else dummy, dummy, dummy,
+                                        *strides, LOCAL=False, HAS_INIT=hinit is not None, **common)
+    return out, ckpt, S
+
+
+def _carry(K, loc, dsum, A, init, out, reverse):
+    batch, dim, S, N = loc.shape
+    bd = min(16, tu.next_pow2(dim))
+    grid = (batch * (-(-dim // bd)),)
+    K.carry_kernel[grid](loc, dsum, A, init if init is not None else loc, out, dim, N, S, A.stride(0), A.stride(1),
+                         REVERSE=reverse, HAS_INIT=init is not None, BLOCK_D=bd, BLOCK_N=max(2, tu.next_pow2(N)),
+                         num_warps=1)
+
+
+def _n_copies(X: torch.Tensor, n_var: int, dims_per_group: int, u: torch.Tensor) -> int:
+    """Copies of the fp32 dB/dC accumulators for the atomics. With one copy, the channels of a group, which
+    run side by side, add into the same few addresses at the same moment, and at short L this contention
+    dominated the backward (~0.9 ms at any L <= 4096 in the paper config on an H200). Up to 16 copies, within
+    max(16 MiB, 4% of u's bytes) of extra memory so the peak-memory budget holds at long L."""
+    one = n_var * X.numel() * 4
+    budget = max(16 * 2**20, u.numel() * u.element_size() // 25)
+    return int(max(1, min(16, dims_per_group, budget // max(one, 1))))
+
+
+def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, cfg, long_sequence):
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    dev = u.device
+    Bt, b_var, gB, sB = _bc_layout(B, batch, dim, L)
+    Ct, c_var, gC, sC = _bc_layout(C, batch, dim, L)
+    groups = max(gB, gC)
+    CH = cfg.chunk
+    n_chunks = -(-L // CH)
+    S = _n_segments(long_sequence, batch * dim, cfg.warps_bwd, n_chunks, CH, cfg, dev)
+    seg_iters = -(-n_chunks // S)
+    S = -(-n_chunks // seg_iters)
+    LAST_LAUNCH.update(bwd_segments=S)
+    BN = max(2, tu.next_pow2(N))
+    f32 = torch.float32
+    du = tu.alloc(u.shape, u.dtype, dev)
+    ddelta = tu.alloc(delta.shape, delta.dtype, dev)
+    dz = tu.alloc(z.shape, z.dtype, dev) if z is not None else None
+    # Time-varying B/C: fp32 atomics from every channel of a group into P copies (see _n_copies)
+    P = _n_copies(Bt if b_var else Ct, b_var + c_var, dim // groups, u) if (b_var or c_var) else 1
+    if b_var:
+        dB = torch.zeros((P,) + tuple(Bt.shape), dtype=f32, device=dev)
+        sdB = (dB.stride(0), dB.stride(1), dB.stride(2), dB.stride(3))
+    else:
+        dB = tu.alloc((batch * S, dim, N), f32, dev)
+        sdB = (0, 0, 0, 0)
+    if c_var:
+        dC = torch.zeros((P,) + tuple(Ct.shape), dtype=f32, device=dev)
+        sdC = (dC.stride(0), dC.stride(1), dC.stride(2), dC.stride(3))
+    else:
+        dC = tu.alloc((batch * S, dim, N), f32, dev)
+        sdC = (0, 0, 0, 0)
+    dA = tu.alloc((batch * S, dim, N), f32, dev)
+    dD = tu.alloc((batch * S, dim), f32, dev) if D is not None else None
+    dbias = tu.alloc((batch * S, dim), f32, dev) if delta_bias is not None else None
+    zz = z if z is not None else u
+    dzz = dz if dz is not None else du
+    common = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
+                  B_VAR=b_var, C_VAR=c_var, BLOCK_N=BN, BLOCK_L=CH, num_warps=cfg.warps_bwd)
+    ins = (u, delta, A, Bt, Ct, D if D is not None else A, zz, delta_bias if delta_bias is not None else A, dout, ckpt)
+    sizes = (dim, L, N, dim // groups, n_chunks, seg_iters, P,
+             u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
+             dout.stride(0), dout.stride(1), A.stride(0), A.stride(1), *sB, *sC, *sdB, *sdC)
+    K = _k()
+    grid = (batch * dim, S)
+    carry = None
+    if dlast is not None:
+        dlast = dlast.to(f32).contiguous()
+    if S > 1:
+        muloc = tu.alloc((batch, dim, S, N), f32, dev)
+        dsum = tu.alloc((batch, dim, S), f32, dev)
+        K.scan_bwd_kernel[grid](*ins, ckpt, du, ddelta, dzz, dB, dC, dA, dD if dD is not None else dA,
+                                dbias if dbias is not None else dA, muloc, dsum, *sizes,
+                                LOCAL=True, HAS_CARRY=False, **common)
+        carry = tu.alloc((batch, dim, S, N), f32, dev)
+        _carry(K, muloc, dsum, A, dlast, carry, reverse=True)
+    elif dlast is not None:
+        carry = dlast.view(batch, dim, 1, N)
+    K.scan_bwd_kernel[grid](*ins, carry if carry is not None else ckpt, du, ddelta, dzz, dB, dC, dA,
+                            dD if dD is not None else dA, dbias if dbias is not None else dA, dA, dA, *sizes,
+                            LOCAL=False, HAS_CARRY=carry is not None, **common)
+    dA = dA.sum(0)
+    dD = dD.sum(0) if dD is not None else None
+    dbias = dbias.sum(0) if dbias is not None else None
+    dB = dB.sum(0)  # over the batch partials (fixed B) or the atomic copies (time-varying B)
+    dC = dC.sum(0)
+    return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
+class SelectiveScanTriton(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, cfg, long_sequence):
+        u, delta, z = _lastdim_contig(u), _lastdim_contig(delta), _lastdim_contig(z)
+        A = A.float()
+        D = D.float() if D is not None else None
+        bias = delta_bias.float() if delta_bias is not None else None
+        out, ckpt, _ = _fwd(u, delta, A, B, C, D, z, bias, delta_softplus, cfg, long_sequence)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, bias, ckpt)
+        ctx.cfg, ctx.long_sequence, ctx.softplus = cfg, long_sequence, delta_softplus
+        if return_last_state:
+            last = ckpt[:, :, -1].clone()
+            return out, last
+        return out
+
+    @staticmethod
+    def backward(ctx, dout, dlast=None):
+        u, delta, A, B, C, D, z, bias, ckpt = ctx.saved_tensors
+        dout = _lastdim_contig(dout)
+        if dout.stride(0) == 0 or dout.stride(1) == 0:  # expanded grads (e.g. from .sum()) -> real strides
+            dout = dout.contiguous()
+        du, ddelta, dA, dB, dC, dD, dz, dbias = _bwd(dout, dlast, u, delta, A, B, C, D, z, bias, ckpt,
+                                                     ctx.softplus, ctx.cfg, ctx.long_sequence)
+        dB = dB.reshape(B.shape).to(B.dtype)
+        dC = dC.reshape(C.shape).to(C.dtype)
+        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None, None, None
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                          return_last_state=False, *, long_sequence: bool | None = None,
+                          config: ScanConfig | None = None):
+    """Fused selective scan (see the module docstring). `long_sequence`: None = heuristic, True/False = force
+    the segmented long-sequence path on or off. `config`: launch parameters (defaults tuned on an H200)."""
+    if config is None:
+        config = INTERPRETER_CONFIG if tu.interpreting() and u.device.type == "cpu" else DEFAULT_CONFIG
+    if u.shape[-1] == 0:
+        from .reference import selective_scan_ref
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    return SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                                     config, long_sequence)

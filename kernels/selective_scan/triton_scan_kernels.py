@@ -1,0 +1,336 @@
+"""Triton kernels of the fused selective scan. Loaded through triton_util.load_kernels; see triton_scan.py
+for the math, the layouts and the launch logic.
+
+A program owns one channel and works on [BLOCK_N states, BLOCK_L steps] tiles. (Blocks of several channels as
+3-D tiles were tried first: Triton gives 3-D tensors without a load to anchor them its default layout, which
+spreads L over all 128 threads, and the scans then cost ~5x the shuffles; the 2-D tiles inherit the B-load
+layout, 8 contiguous steps per thread along L and warps along N.) All arithmetic is fp32; inputs are cast on
+load and outputs cast on store.
+
+A program owns (batch b, channel d, segment s) and walks the segment's steps in blocks of BLOCK_L,
+carrying the state (forward) or the adjoint (backward) from block to block. With one segment per channel
+(the default) a segment is the whole sequence; the long-sequence path cuts L into several segments and
+stitches them with `carry_kernel`.
+"""
+
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    # (a1, b1) then (a2, b2): h -> a2 * (a1 * h + b1) + b2. With reverse=True the first pair is the later
+    # (already accumulated) suffix, so the same function gives r_t = a_t * r_{t+1} + b_t.
+    return a1 * a2, b1 * a2 + b2
+
+
+@triton.jit
+def _combine_adjoint(f_l, k_l, g_l, f_e, k_e, g_e):
+    # Reverse scan for the adjoint lam_t = x_t + a_{t+1} lam_{t+1}, which needs the decay one step *ahead*.
+    # A segment [t..s] carries (f = a_t, k = a_{t+1} .. a_s, g = lam_t with lam_{s+1} = 0). Arguments: the
+    # later segment (l) first, as reverse=True passes them, then the earlier one (e).
+    t = k_e * f_l
+    return f_e, t * k_l, g_e + t * g_l
+
+
+@triton.jit
+def _softplus(x):
+    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
+
+
+@triton.jit
+def scan_fwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
+    out_ptr, ckpt_ptr, hinit_ptr, hloc_ptr, dsum_ptr,
+    dim, L, N, dims_per_group, n_chunks, seg_iters,
+    s_ub, s_ud, s_db, s_dd, s_zb, s_zd, s_ob, s_od,
+    s_Ad, s_An,
+    s_B0, s_B1, s_B2,  # variable: batch, group, n ; fixed: dim, n, unused
+    s_C0, s_C1, s_C2,
+    LOCAL: tl.constexpr,  # True: pass 1 of the long path, only the segment's end state (zero start) and sum(dt)
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
+):
+    pid = tl.program_id(0)  # = b * dim + d
+    seg = tl.program_id(1)
+    n_seg = tl.num_programs(1)
+    b = pid // dim
+    d = pid % dim
+    b64 = b.to(tl.int64)
+    g = d // dims_per_group
+
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_l = tl.arange(0, BLOCK_L)
+    mn = offs_n < N
+
+    A2 = tl.load(A_ptr + d * s_Ad + offs_n * s_An, mask=mn, other=0.0).to(tl.float32) * LOG2E  # exp(x) = exp2(x log2e)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d).to(tl.float32)
+    if not B_VAR:
+        Bf = tl.load(B_ptr + d * s_B0 + offs_n * s_B1, mask=mn, other=0.0).to(tl.float32)
+    if not C_VAR:
+        Cf = tl.load(C_ptr + d * s_C0 + offs_n * s_C1, mask=mn, other=0.0).to(tl.float32)
+
+    # state buffers: [batch, dim, S or n_chunks, N] contiguous; `row` = start of (b, d) in units of one slot
+    row = pid.to(tl.int64) * N
+    if HAS_INIT:
+        h = tl.load(hinit_ptr + row * n_seg + seg * N + offs_n, mask=mn, other=0.0)
+    else:
+        h = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if LOCAL:
+        dsum = 0.0
+
+    u_base = u_ptr + b64 * s_ub + d * s_ud
+    dl_base = delta_ptr + b64 * s_db + d * s_dd
+    if B_VAR:
+        B_base = B_ptr + b64 * s_B0 + g * s_B1 + offs_n[:, None] * s_B2
+    if C_VAR:
+        C_base = C_ptr + b64 * s_C0 + g * s_C1 + offs_n[:, None] * s_C2
+    it0 = seg * seg_iters
+    it1 = tl.minimum(it0 + seg_iters, tl.cdiv(L, BLOCK_L))
+    for it in range(it0, it1):
+        t = it * BLOCK_L + offs_l
+        mt = t < L
+        u = tl.load(u_base + t, mask=mt, other=0.0).to(tl.float32)
+        dt = tl.load(dl_base + t, mask=mt, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt = dt + bias
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(mt, dt, 0.0)  # padded steps: decay 1, input 0 -> identity
+        a = tl.exp2(dt[None, :] * A2[:, None])
+        if B_VAR:
+            Bt = tl.load(B_base + t[None, :], mask=mn[:, None] & mt[None, :], other=0.0).to(tl.float32)
+            x = (dt * u)[None, :] * Bt
+        else:
+            x = (dt * u)[None, :] * Bf[:, None]
+        ac, xc = tl.associative_scan((a, x), axis=1, combine_fn=_combine)
+        hs = ac * h[:, None] + xc  # state after every step of the block
+        h = tl.sum(tl.where(offs_l[None, :] == BLOCK_L - 1, hs, 0.0), axis=1)
+        if LOCAL:
+            dsum += tl.sum(dt, axis=0)
+        else:
+            if C_VAR:
+                Ct = tl.load(C_base + t[None, :], mask=mn[:, None] & mt[None, :], other=0.0).to(tl.float32)
+                y = tl.sum(hs * Ct, axis=0)
+            else:
+                y = tl.sum(hs * Cf[:, None], axis=0)
+            if HAS_D:
+                y += u * Dv
+            if HAS_Z:
+                z = tl.load(z_ptr + b64 * s_zb + d * s_zd + t, mask=mt, other=0.0).to(tl.float32)
+                y = y * (z * tl.sigmoid(z))
+            tl.store(out_ptr + b64 * s_ob + d * s_od + t, y, mask=mt)
+            # state checkpoints, one per CHUNK steps (the last one is the final state)
+            ck = ckpt_ptr + row * n_chunks + offs_n
+            if BLOCK_L == CHUNK:
+                tl.store(ck + it * N, h, mask=mn)
+            elif BLOCK_L > CHUNK:
+                sel = ((t % CHUNK) == CHUNK - 1) & (t < n_chunks * CHUNK)
+                tl.store(ck[:, None] + (t // CHUNK)[None, :] * N, hs, mask=mn[:, None] & sel[None, :])
+            else:
+                t_end = it * BLOCK_L + BLOCK_L
+                if (t_end % CHUNK == 0) | (t_end >= L):
+                    tl.store(ck + ((t_end - 1) // CHUNK) * N, h, mask=mn)
+    if LOCAL:
+        tl.store(hloc_ptr + row * n_seg + seg * N + offs_n, h, mask=mn)
+        tl.store(dsum_ptr + pid.to(tl.int64) * n_seg + seg, dsum)
+
+
+@triton.jit
+def scan_bwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, ckpt_ptr, carry_ptr,
+    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, muloc_ptr, dsum_ptr,
+    dim, L, N, dims_per_group, n_chunks, seg_iters, n_copies,
+    s_ub, s_ud, s_db, s_dd, s_zb, s_zd, s_gb, s_gd,
+    s_Ad, s_An,
+    s_B0, s_B1, s_B2,
+    s_C0, s_C1, s_C2,
+    s_dBc, s_dB0, s_dB1, s_dB2,  # variable: fp32 [n_copies, batch, groups, N, L] accumulated with atomics
+    s_dCc, s_dC0, s_dC1, s_dC2,
+    LOCAL: tl.constexpr,  # True: pass 1 of the long path, only the adjoint at the segment start and sum(dt)
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_CARRY: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    # BLOCK_L is the checkpoint interval: block `it` starts from checkpoint it - 1.
+    pid = tl.program_id(0)
+    seg = tl.program_id(1)
+    n_seg = tl.num_programs(1)
+    b = pid // dim
+    d = pid % dim
+    b64 = b.to(tl.int64)
+    g = d // dims_per_group
+
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_l = tl.arange(0, BLOCK_L)
+    mn = offs_n < N
+
+    A = tl.load(A_ptr + d * s_Ad + offs_n * s_An, mask=mn, other=0.0).to(tl.float32)
+    A2 = A * LOG2E
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d).to(tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d).to(tl.float32)
+    if not B_VAR:
+        Bf = tl.load(B_ptr + d * s_B0 + offs_n * s_B1, mask=mn, other=0.0).to(tl.float32)
+    if not C_VAR:
+        Cf = tl.load(C_ptr + d * s_C0 + offs_n * s_C1, mask=mn, other=0.0).to(tl.float32)
+
+    row = pid.to(tl.int64) * N
+    # carry = a_{t1} * lam_{t1}: what the steps after this block send back into the block's last state
+    if HAS_CARRY:
+        carry = tl.load(carry_ptr + row * n_seg + seg * N + offs_n, mask=mn, other=0.0)
+    else:
+        carry = tl.zeros([BLOCK_N], dtype=tl.float32)
+    if LOCAL:
+        dsum = 0.0
+    else:
+        dA_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        dD_acc = 0.0
+        dbias_acc = 0.0
+        if not B_VAR:
+            dBf_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        if not C_VAR:
+            dCf_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+
+    u_base = u_ptr + b64 * s_ub + d * s_ud
+    dl_base = delta_ptr + b64 * s_db + d * s_dd
+    z_base = z_ptr + b64 * s_zb + d * s_zd
+    if B_VAR:
+        B_base = B_ptr + b64 * s_B0 + g * s_B1 + offs_n[:, None] * s_B2
+        # channel d adds into copy d % n_copies: neighbouring channels run at the same time and would
+        # otherwise all hit the same addresses (summed over the copies afterwards)
+        dB_base = dB_ptr + (d % n_copies) * s_dBc + b64 * s_dB0 + g * s_dB1 + offs_n[:, None] * s_dB2
+    if C_VAR:
+        C_base = C_ptr + b64 * s_C0 + g * s_C1 + offs_n[:, None] * s_C2
+        dC_base = dC_ptr + (d % n_copies) * s_dCc + b64 * s_dC0 + g * s_dC1 + offs_n[:, None] * s_dC2
+    it0 = seg * seg_iters
+    it1 = tl.minimum(it0 + seg_iters, tl.cdiv(L, BLOCK_L))
+    for j in range(0, it1 - it0):
+        it = it1 - 1 - j
+        t = it * BLOCK_L + offs_l
+        mt = t < L
+        mnt = mn[:, None] & mt[None, :]
+        draw = tl.load(dl_base + t, mask=mt, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            draw = draw + bias
+        if SOFTPLUS:
+            dt = _softplus(draw)
+        else:
+            dt = draw
+        dt = tl.where(mt, dt, 0.0)
+        dout = tl.load(dout_ptr + b64 * s_gb + d * s_gd + t, mask=mt, other=0.0).to(tl.float32)
+        a = tl.exp2(dt[None, :] * A2[:, None])
+        if C_VAR:
+            Cx = tl.load(C_base + t[None, :], mask=mnt, other=0.0).to(tl.float32)
+        else:
+            Cx = Cf[:, None]
+        if HAS_Z:
+            z = tl.load(z_base + t, mask=mt, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(z)
+            gy = dout * z * sz
+        else:
+            gy = dout
+        if not LOCAL:
+            # recompute the states of this block from its checkpoint
+            u = tl.load(u_base + t, mask=mt, other=0.0).to(tl.float32)
+            dtu = dt * u
+            if B_VAR:
+                Bx = tl.load(B_base + t[None, :], mask=mnt, other=0.0).to(tl.float32)
+            else:
+                Bx = Bf[:, None]
+            x = dtu[None, :] * Bx
+            h0 = tl.load(ckpt_ptr + row * n_chunks + tl.maximum(it - 1, 0) * N + offs_n, mask=mn, other=0.0)
+            h0 = tl.where(it > 0, h0, 0.0)
+            ac, xc = tl.associative_scan((a, x), axis=1, combine_fn=_combine)
+            hs = ac * h0[:, None] + xc
+            if HAS_Z:
+                y = tl.sum(hs * Cx, axis=0)
+                if HAS_D:
+                    y += u * Dv
+                dz = dout * y * sz * (1.0 + z * (1.0 - sz))
+                tl.store(dz_ptr + b64 * s_zb + d * s_zd + t, dz, mask=mt)
+        # adjoint of the state: lam_t = gy_t C_t + a_{t+1} lam_{t+1}
+        ones = tl.full([BLOCK_N, BLOCK_L], 1.0, tl.float32)
+        _f, kk, gg = tl.associative_scan((a, ones, gy[None, :] * Cx), axis=1, combine_fn=_combine_adjoint,
+                                         reverse=True)
+        lam = gg + kk * carry[:, None]
+        carry = tl.sum(tl.where(offs_l[None, :] == 0, a * lam, 0.0), axis=1)
+        if LOCAL:
+            dsum += tl.sum(dt, axis=0)
+        else:
+            w = lam * (hs - x)  # = dL/da_t * a_t  (hs - x = a_t h_{t-1})
+            s = tl.sum(lam * Bx, axis=0)  # dL/d(dt_t u_t)
+            ddt = tl.sum(w * A[:, None], axis=0) + s * u
+            du = s * dt
+            if HAS_D:
+                du += gy * Dv
+                dD_acc += tl.sum(gy * u, axis=0)
+            dA_acc += tl.sum(w * dt[None, :], axis=1)
+            lx = lam * dtu[None, :]
+            if B_VAR:
+                tl.atomic_add(dB_base + t[None, :], lx, mask=mnt, sem="relaxed")
+            else:
+                dBf_acc += tl.sum(lx, axis=1)
+            hg = hs * gy[None, :]
+            if C_VAR:
+                tl.atomic_add(dC_base + t[None, :], hg, mask=mnt, sem="relaxed")
+            else:
+                dCf_acc += tl.sum(hg, axis=1)
+            if SOFTPLUS:
+                ddt = ddt * tl.sigmoid(draw)
+            ddt = tl.where(mt, ddt, 0.0)
+            dbias_acc += tl.sum(ddt, axis=0)
+            tl.store(du_ptr + b64 * s_ub + d * s_ud + t, du, mask=mt)
+            tl.store(ddelta_ptr + b64 * s_db + d * s_dd + t, ddt, mask=mt)
+    # per-(b, segment) partial sums: [batch * n_seg, dim, ...], summed by the wrapper
+    prow = (b64 * n_seg + seg) * dim + d
+    if LOCAL:
+        tl.store(muloc_ptr + row * n_seg + seg * N + offs_n, carry, mask=mn)
+        tl.store(dsum_ptr + pid.to(tl.int64) * n_seg + seg, dsum)
+    else:
+        tl.store(dA_ptr + prow * N + offs_n, dA_acc, mask=mn)
+        if HAS_D:
+            tl.store(dD_ptr + prow, dD_acc)
+        if HAS_BIAS:
+            tl.store(dbias_ptr + prow, dbias_acc)
+        if not B_VAR:
+            tl.store(dB_ptr + prow * N + offs_n, dBf_acc, mask=mn)
+        if not C_VAR:
+            tl.store(dC_ptr + prow * N + offs_n, dCf_acc, mask=mn)
+
+
+@triton.jit
+def carry_kernel(loc_ptr, dsum_ptr, A_ptr, init_ptr, out_ptr, dim, N, n_seg, s_Ad, s_An,
+                 REVERSE: tl.constexpr, HAS_INIT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Stitch segments: out[s] = what enters segment s. Forward: out[0] = 0, out[s+1] = P_s out[s] + loc[s];
+    reverse: out[S-1] = init (dlast), out[s-1] = P_s out[s] + loc[s]; P_s = exp(A * sum of dt over s).
+    loc, out: [batch, dim, S, N]; dsum: [batch, dim, S]; grid (batch * dim blocks,)."""
+    pid = tl.program_id(0)
+    n_dblocks = tl.cdiv(dim, BLOCK_D)
+    b64 = (pid // n_dblocks).to(tl.int64)
+    offs_d = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    md = offs_d < dim
+    mdn = md[:, None] & (offs_n < N)[None, :]
+    A2 = tl.load(A_ptr + offs_d[:, None] * s_Ad + offs_n[None, :] * s_An, mask=mdn, other=0.0) * LOG2E
+    row = (b64 * dim + offs_d) * N
+    if HAS_INIT:
+        c = tl.load(init_ptr + row[:, None] + offs_n[None, :], mask=mdn, other=0.0).to(tl.float32)
+    else:
+        c = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    for j in range(0, n_seg):
+        if REVERSE:
+            s = n_seg - 1 - j
+        else:
+            s = j
+        p = row[:, None] * n_seg + s * N + offs_n[None, :]
+        tl.store(out_ptr + p, c, mask=mdn)
+        ds = tl.load(dsum_ptr + (b64 * dim + offs_d) * n_seg + s, mask=md, other=0.0)
+        c = tl.exp2(ds[:, None] * A2) * c + tl.load(loc_ptr + p, mask=mdn, other=0.0)
