@@ -112,15 +112,21 @@ class MambaBlock(Block):
         conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype)
         return (conv_state, self.layer.init_state(batch_size, device, dtype))
 
-    def mix_step(self, x_t, state):
+    def mix_step(self, x_t, state, inplace: bool = False):
+        """One token through the block's mixer, with the fused decode kernels on CUDA (causal_conv1d_update,
+        and S6's selective_state_update); the plain PyTorch steps elsewhere. The given state is left untouched
+        unless `inplace`, which advances its tensors in place (static buffers, CUDA graphs)."""
+        from ssmbench.kernels.causal_conv1d import causal_conv1d_update
+
         conv_state, layer_state = state
+        if not inplace:
+            conv_state = conv_state.clone()
         x, z = self.in_proj(x_t).chunk(2, dim=-1)
-        # The conv state holds the last d_conv inputs; the newest goes in the last slot.
-        conv_state = torch.cat([conv_state[:, :, 1:], x[:, :, None].to(conv_state.dtype)], dim=-1)
-        w = self.conv.weight[:, 0]  # [E, d_conv]
-        x = F.silu((conv_state * w).sum(-1) + self.conv.bias)
+        # The conv state holds the last d_conv inputs, oldest first; the update shifts x in at the end.
+        backend = "reference" if getattr(self.layer, "scan_backend", "auto") in ("reference", "torch") else "auto"
+        x = causal_conv1d_update(x, conv_state, self.conv.weight[:, 0], self.conv.bias, "silu", backend=backend)
         if self.fuse_gate:
-            y, layer_state = self.layer.step(x, layer_state, z_t=z)
+            y, layer_state = self.layer.step(x, layer_state, z_t=z, inplace=inplace)
         else:
             y, layer_state = self.layer.step(x, layer_state)
             y = y * F.silu(z)

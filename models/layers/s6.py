@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmbench.kernels.selective_scan import BACKENDS, selective_scan
+from ssmbench.kernels.selective_scan import BACKENDS, selective_scan, selective_state_update
 
 from .base import SequenceLayer
 
@@ -36,16 +36,12 @@ class S6Options:
     scan_backend: str = "auto"  # auto | reference | torch | triton | mamba_ssm
 
 
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, backend="auto"):
-    """One decode step through the fused kernel when there is one, else the reference."""
-    try:
-        from ssmbench.kernels.selective_scan import selective_state_update as fused
-    except ImportError:
-        fused = None
-    if fused is not None:
-        return fused(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, backend=backend)
-    from ssmbench.kernels.selective_scan import selective_state_update_ref
-    return selective_state_update_ref(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
+def decode_backend(scan_backend: str) -> str:
+    """The decode-step backend that goes with a scan backend: the fused Triton step for "triton", and for
+    "auto"/"mamba_ssm" wherever it can run (CUDA); the plain reference step for "reference" and "torch"."""
+    if scan_backend in ("reference", "torch"):
+        return "reference"
+    return "triton" if scan_backend == "triton" else "auto"
 
 
 class S6Layer(SequenceLayer):
@@ -92,10 +88,15 @@ class S6Layer(SequenceLayer):
         # The SSM state stays fp32 whatever the activations' dtype, as in the fused kernels.
         return torch.zeros(batch_size, self.d_model, self.d_state, device=device, dtype=torch.float32)
 
-    def step(self, x_t: torch.Tensor, state, z_t: torch.Tensor | None = None):
+    def step(self, x_t: torch.Tensor, state, z_t: torch.Tensor | None = None, inplace: bool = False):
+        """One token: x_t, z_t [B, D] -> (y_t [B, D], state [B, D, N] fp32), through the fused decode kernel
+        (selective_state_update, Triton) on CUDA. The given state is left untouched unless `inplace`, which
+        advances it in place (decoding with static buffers, e.g. under CUDA graphs)."""
         delta, B, C = self._ssm_inputs(x_t)
         A = -torch.exp(self.A_log.float())
-        state = state.clone()
+        if not inplace:
+            state = state.clone()
         y, state = selective_state_update(state, x_t, delta, A, B, C, D=self.D.float(), z=z_t,
-                                          dt_bias=self.dt_bias.float(), dt_softplus=True, backend=self.scan_backend)
+                                          dt_bias=self.dt_bias.float(), dt_softplus=True,
+                                          backend=decode_backend(self.scan_backend))
         return y, state

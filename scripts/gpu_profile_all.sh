@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Everything the profiler measures, for one GPU (an H200), in one call of about 8 minutes:
+#   bash scripts/gpu_profile_all.sh OUT_DIR
+# 1. kernels     ssmbench-profile profile=kernels     scan / conv1d / S4 FFT conv / attention against length
+# 2. generation  ssmbench-generate generation=h200    decode throughput, Mamba vs Transformer, batch 1 .. 1024
+# 3. generators  ssmbench-taskbench taskbench=full    generator time vs a training step, every experiment
+# 4. gpu tests   the decoders against greedy forward on CUDA (eager and CUDA graphs), and the pytest-benchmark
+#                GPU suites (OUT/benchmarks/gpu.json) when pytest-benchmark is installed
+# 5. reports     OUT/{kernels,generation,generators}/{rows.csv,summary.md,plots/,environment.json}
+# Each stage has its own time limit (and the apps their own budget_s inside it), so one that overruns cannot
+# starve the next; rows are written as they are measured, so a stage stopped early keeps what it measured.
+# Logs: OUT/logs/<stage>.log. Uses $PYTHON (default: python). Needs torch with CUDA, triton, hydra-core,
+# pandas, seaborn, tabulate; mamba_ssm and flash_attn are used when importable.
+# A dry run of this script on a CPU, at toy sizes (a minute or two):
+#   PRESET=cpu_smoke bash scripts/gpu_profile_all.sh /tmp/out
+set -u
+OUT_ARG=${1:?usage: bash scripts/gpu_profile_all.sh OUT_DIR}
+mkdir -p "$OUT_ARG/logs" "$OUT_ARG/benchmarks"
+OUT=$(cd "$OUT_ARG" && pwd)
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+export PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
+T0=$SECONDS
+
+stage() {  # stage NAME LIMIT_S COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name: start at $((SECONDS - T0))s (limit ${limit}s)"
+  timeout -k 15 "$limit" "$@" >"$OUT/logs/$name.log" 2>&1
+  local rc=$?
+  tail -n 30 "$OUT/logs/$name.log"
+  echo "== $name: exit $rc at $((SECONDS - T0))s"
+}
+
+# The package must import as ssmbench.* (kernels/, models/, tasks/, conf/ are mapped into it by the install).
+importable() { $PY -c "import ssmbench.profile_cli, ssmbench.kernels.selective_scan, ssmbench.conf" >/dev/null 2>&1; }
+if ! importable; then
+  echo "== ssmbench is not installed for $PY: pip install --no-deps -e ."
+  $PY -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/logs/install.log" 2>&1 || true
+fi
+if ! importable; then  # no pip/setuptools that can do it: the same layout through symlinks on PYTHONPATH
+  SHIM=$(mktemp -d)
+  echo "== install failed (logs/install.log); importing ssmbench through a symlink tree in $SHIM"
+  mkdir -p "$SHIM/ssmbench"
+  for f in ssmbench/*; do ln -s "$PWD/$f" "$SHIM/ssmbench/"; done
+  for d in kernels models tasks conf; do ln -s "$PWD/$d" "$SHIM/ssmbench/$d"; done
+  export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
+  importable || { echo "ssmbench still does not import:"; $PY -c "import ssmbench.profile_cli"; exit 1; }
+fi
+$PY - >"$OUT/logs/versions.txt" 2>&1 <<'PYEOF'
+import importlib, sys
+import torch, triton
+print("python", sys.version.split()[0], "| torch", torch.__version__, "| cuda", torch.version.cuda,
+      "| triton", triton.__version__)
+print("device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NO CUDA DEVICE")
+for m in ("mamba_ssm", "flash_attn", "hydra", "pandas", "seaborn", "tabulate", "pytest_benchmark"):
+    try:
+        print(m, getattr(importlib.import_module(m), "__version__", "?"))
+    except Exception as e:
+        print(m, "not importable:", type(e).__name__)
+PYEOF
+cat "$OUT/logs/versions.txt"
+nvidia-smi >"$OUT/logs/nvidia-smi.txt" 2>&1 || true
+
+OFFICIAL=""
+for f in shared/reference/h200_official_kernels.csv ../shared/reference/h200_official_kernels.csv; do
+  if [ -f "$f" ]; then OFFICIAL=$(cd "$(dirname "$f")" && pwd)/$(basename "$f"); break; fi
+done
+
+PRESET=${PRESET:-}
+stage kernels 210 $PY -m ssmbench.profile_cli kernels profile="${PRESET:-kernels}" results_root="$OUT" study=kernels \
+  report=false hydra.run.dir="$OUT/logs/hydra/kernels"
+stage generation 140 $PY -m ssmbench.profile_cli generate generation="${PRESET:-h200}" results_root="$OUT" \
+  study=generation report=false hydra.run.dir="$OUT/logs/hydra/generation"
+stage generators 55 $PY -m ssmbench.profile_cli taskbench taskbench="${PRESET:-full}" results_root="$OUT" \
+  study=generators report=false hydra.run.dir="$OUT/logs/hydra/generators"
+if $PY -c "import pytest_benchmark" >/dev/null 2>&1; then
+  stage gpu_tests 50 $PY -m pytest -q -p no:cacheprovider -m gpu tests/ssmbench/test_profile.py tests/benchmarks \
+    --benchmark-enable --benchmark-json="$OUT/benchmarks/gpu.json" --benchmark-max-time=0.05 --benchmark-min-rounds=3
+else
+  stage gpu_tests 40 $PY -m pytest -q -p no:cacheprovider -m gpu tests/ssmbench/test_profile.py -o addopts=""
+fi
+for s in kernels generation generators; do
+  if [ -d "$OUT/$s/rows" ]; then
+    stage "report_$s" 40 $PY -m ssmbench.profile_cli report "$OUT/$s" --quiet ${OFFICIAL:+--official "$OFFICIAL"}
+  fi
+done
+echo "== headlines"
+[ -f "$OUT/kernels/summary.md" ] && awk '/^## B=/{print} /^### Speed-up of the fused scan.*forward \+ backward/{f=1; n=0}
+  f{print; if (/^$/ && ++n == 2) exit}' "$OUT/kernels/summary.md"
+[ -f "$OUT/generation/summary.md" ] && sed -n '/^## Findings/,/^## Tokens/p' "$OUT/generation/summary.md"
+[ -f "$OUT/generators/summary.md" ] && grep -h "Worst case" "$OUT/generators/summary.md"
+echo "== done in $((SECONDS - T0))s; results under $OUT"

@@ -1,0 +1,677 @@
+"""Kernel profiling: every op through every backend that can run here, timed over a sweep of sequence lengths.
+
+    rows = run_profile(ProfileConfig(...))      # what `ssmbench-profile` runs (ssmbench/profile_cli.py)
+
+Ops and their backends (the registry `OPS`; each op builds its inputs for a shape and returns callables):
+  selective_scan  triton (fused), mamba_ssm (official CUDA kernel, when importable), torch (chunked scan),
+                  reference (the sequential loop)
+  causal_conv1d   triton, torch (F.conv1d, the reference)
+  s4_fft_conv     torch_fft (the FFT convolution y = irfft(rfft(u) rfft(k)) + D u with a given kernel k),
+                  s4d_layer (the whole S4D layer forward: Vandermonde kernel, then the FFT convolution)
+  attention       causal, head dim 64, heads = dim / 64 (the same width as the scan): flash_attn (when
+                  importable), sdpa_flash, sdpa_cudnn, sdpa_efficient, sdpa_math (PyTorch SDPA, one backend each)
+Shapes follow the Mamba paper's Figure 8 (left): u, delta, z [batch, dim, L]; B, C [batch, 1, N, L]; the same
+[batch, L, dim] activations for the convolutions and q, k, v [batch, dim/64, L, 64] for attention.
+
+Timing. On CUDA, `triton.testing.do_bench` (L2 flushed between calls, gradients reset): the median and the 20th
+and 80th percentiles of all its samples. Calls slower than `slow_ms` are timed with CUDA events over a few
+calls instead (do_bench would spend 5 calls just estimating). On the CPU, a perf_counter loop. "fwd" runs under
+no_grad; "fwdbwd" is forward then backward of a random output gradient into every floating input.
+
+Bandwidth. Each op says how many bytes it cannot avoid moving (`bytes_fwd` / `bytes_fwdbwd`: every input read
+once and every output written once; the backward reads the inputs and the output gradient again and writes one
+gradient per input; nothing intermediate counts). achieved = bytes / median time, and `bw_frac` compares it to
+the device's copy bandwidth (bytes read + written by a large device-to-device copy) measured in the same run.
+For attention (compute-bound) the rows also carry FLOPs and TFLOP/s.
+
+Robustness. A point that runs out of memory is a row with status "oom" (and the longer lengths of that series
+are not tried: "oom" with error "not run: ..."); a backend that cannot run here is "unavailable" with the
+reason; a point beyond its backend's length limit, predicted (from the previous length) to take longer than
+`max_call_ms` per call, or past the run's time budget is "skipped" with the reason; anything else that fails is
+"error" with the message. The sweep always goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import importlib
+import logging
+import math
+import statistics
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .env import environment
+from .metrics import is_out_of_memory, peak_memory_bytes
+from .results import read_rows, rows_path, run_id, write_rows
+
+log = logging.getLogger("ssmbench.profile")
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+PASSES = ("fwd", "fwdbwd")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Config (the Hydra schema; registered in the ConfigStore by profile_cli)
+
+@dataclass
+class ShapeConfig:
+    batch: int = 1
+    dim: int = 1024  # scan / conv channels; attention uses dim / head_dim heads
+    d_state: int = 16
+    max_len: Optional[int] = None  # longest L for this shape (None: all of `lengths`)
+
+
+def _default_backends() -> dict[str, list[str]]:
+    return {op: list(spec.backends) for op, spec in OPS.items()}
+
+
+@dataclass
+class ProfileConfig:
+    study: str = "kernels"  # rows go to <results_root>/<study>/rows/
+    results_root: str = "results"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    lengths: list[int] = field(default_factory=lambda: [2 ** k for k in range(9, 20)])
+    shapes: list[ShapeConfig] = field(default_factory=lambda: [ShapeConfig()])
+    dtypes: list[str] = field(default_factory=lambda: ["bf16"])
+    passes: list[str] = field(default_factory=lambda: ["fwd", "fwdbwd"])
+    backends: dict[str, list[str]] = field(default_factory=lambda: _default_backends())  # op -> backends
+    # op -> backend -> longest L to try (beyond it: "skipped"); e.g. the reference loop only at short L.
+    limits: dict[str, dict[str, int]] = field(default_factory=dict)
+    head_dim: int = 64
+    conv_width: int = 4
+    gated: bool = True  # the scan takes the gate z (as in the Mamba block)
+    warmup_ms: float = 25.0
+    rep_ms: float = 100.0
+    slow_ms: float = 50.0  # calls slower than this: a few timed calls with CUDA events instead of do_bench
+    slow_samples: int = 3
+    max_call_ms: float = 1000.0  # skip a point predicted to take longer than this per call
+    budget_s: Optional[float] = None  # wall-clock budget for the sweep; later points are "skipped"
+    copy_bytes: int = 1 << 30  # buffer for the copy-bandwidth measurement (CUDA; the CPU uses 1/16)
+    triton_interpret: bool = False  # on the CPU, run the Triton backends in the interpreter (tests only)
+    seed: int = 0
+    resume: bool = False  # keep the rows already measured (status ok/oom/unavailable) and measure the rest
+    report: bool = True  # write the report (tables, plots) into the study folder afterwards
+    official_csv: Optional[str] = None  # published/official timings to join in the report (see profile_report)
+
+
+class ProfileConfigError(ValueError):
+    pass
+
+
+def validate_profile(cfg: ProfileConfig) -> None:
+    """Names and values, before any work; the message names the key."""
+    if not cfg.lengths or any(L <= 0 for L in cfg.lengths):
+        raise ProfileConfigError(f"lengths must be a non-empty list of positive integers, got {cfg.lengths}")
+    if not cfg.shapes:
+        raise ProfileConfigError("shapes must not be empty")
+    for i, s in enumerate(cfg.shapes):
+        for k in ("batch", "dim", "d_state"):
+            if getattr(s, k) <= 0:
+                raise ProfileConfigError(f"shapes[{i}].{k} must be > 0, got {getattr(s, k)}")
+    for d in cfg.dtypes:
+        if d not in DTYPES:
+            raise ProfileConfigError(f"dtypes: {d!r} is not one of {sorted(DTYPES)}")
+    for p in cfg.passes:
+        if p not in PASSES:
+            raise ProfileConfigError(f"passes: {p!r} is not one of {PASSES}")
+    for section in ("backends", "limits"):
+        for op, backends in getattr(cfg, section).items():
+            if op not in OPS:
+                raise ProfileConfigError(f"{section}.{op}: unknown op; ops: {sorted(OPS)}")
+            for b in backends:
+                if b not in OPS[op].backends:
+                    raise ProfileConfigError(f"{section}.{op}: unknown backend {b!r}; {op} has {OPS[op].backends}")
+    if cfg.head_dim <= 0 or cfg.conv_width <= 0:
+        raise ProfileConfigError("head_dim and conv_width must be > 0")
+    for k in ("rep_ms", "max_call_ms", "slow_ms"):
+        if not getattr(cfg, k) > 0:
+            raise ProfileConfigError(f"{k} must be > 0, got {getattr(cfg, k)}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Timing
+
+@dataclass
+class Timing:
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    min_ms: float
+    samples: int
+    timer: str  # do_bench | cuda_events | perf_counter
+
+
+def _summary(times_ms: list[float], timer: str) -> Timing:
+    ts = sorted(times_ms)
+    q = (lambda p: ts[0] if len(ts) == 1 else statistics.quantiles(ts, n=100, method="inclusive")[p - 1])
+    return Timing(statistics.median(ts), q(20), q(80), ts[0], len(ts), timer)
+
+
+def _clear_grads(tensors):
+    for t in tensors or ():
+        t.grad = None
+
+
+def _do_bench_all(fn, warmup_ms, rep_ms, grad_to_none) -> list[float]:
+    """Every sample of triton.testing.do_bench (return_mode="all"; older versions: the quantiles)."""
+    from triton.testing import do_bench
+    try:
+        times = do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=grad_to_none, return_mode="all")
+        if hasattr(times, "tolist"):
+            times = times.tolist()
+        if isinstance(times, (list, tuple)) and times:
+            return [float(t) for t in times]
+    except (AssertionError, ValueError, TypeError):
+        pass
+    qs = do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=grad_to_none, quantiles=[0.0, 0.2, 0.5, 0.8])
+    return [float(t) for t in qs]
+
+
+def time_call(fn: Callable[[], Any], device: torch.device, *, warmup_ms: float = 25.0, rep_ms: float = 100.0,
+              grad_to_none: list[torch.Tensor] | None = None, slow_ms: float = 50.0, slow_samples: int = 3,
+              max_samples: int = 1000) -> Timing:
+    """Median and spread of fn()'s time in ms. The first call (compilation, autotuning, allocator warm-up) is
+    never timed. CUDA: do_bench, or CUDA events around a few calls when one call takes more than slow_ms."""
+    _clear_grads(grad_to_none)
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        _clear_grads(grad_to_none)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        est = start.elapsed_time(end)
+        if est < slow_ms:
+            return _summary(_do_bench_all(fn, warmup_ms, rep_ms, grad_to_none), "do_bench")
+        times = [est]
+        n = max(slow_samples, min(10, int(rep_ms // max(est, 1e-3))))
+        for _ in range(n - 1):
+            _clear_grads(grad_to_none)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            times.append(start.elapsed_time(end))
+        return _summary(times, "cuda_events")
+    times = []
+    budget_end = time.perf_counter() + rep_ms / 1e3
+    while True:
+        _clear_grads(grad_to_none)
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+        enough = len(times) >= (slow_samples if times[0] >= slow_ms else 3)
+        if len(times) >= max_samples or (enough and time.perf_counter() >= budget_end):
+            break
+    return _summary(times, "perf_counter")
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device,
+                grad_to_none: list[torch.Tensor] | None = None) -> tuple[int, float]:
+    """(peak bytes during one call, peak above what was allocated before it). CUDA: the allocator's counters.
+    CPU: the process's peak RSS (a running maximum) and NaN."""
+    _clear_grads(grad_to_none)
+    if device.type != "cuda":
+        fn()
+        return peak_memory_bytes(device), math.nan
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    return int(peak), float(peak - base)
+
+
+def copy_bandwidth_gbps(device: torch.device, nbytes: int, warmup_ms: float = 25.0, rep_ms: float = 100.0) -> float:
+    """Bytes read + written per second (GB/s) by a device-to-device copy of `nbytes`: the ceiling the
+    bandwidth columns are compared to."""
+    n = max(1, nbytes // 4)
+    x = torch.ones(n, dtype=torch.float32, device=device)
+    y = torch.empty_like(x)
+    t = time_call(lambda: y.copy_(x), device, warmup_ms=warmup_ms, rep_ms=rep_ms)
+    del x, y
+    return 2 * n * 4 / (t.median_ms * 1e-3) / 1e9
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ops
+
+@dataclass(frozen=True)
+class Shape:
+    batch: int
+    dim: int
+    seq_len: int
+    d_state: int
+    dtype: torch.dtype
+    head_dim: int = 64
+    conv_width: int = 4
+    gated: bool = True
+
+    @property
+    def heads(self) -> int:
+        return max(1, self.dim // self.head_dim)
+
+
+@dataclass
+class Case:
+    """One op at one shape through one backend, inputs allocated, ready to time."""
+    fwd: Callable[[], Any]
+    fwdbwd: Callable[[], Any]
+    grads: list[torch.Tensor]  # leaves whose .grad the backward fills (reset between calls)
+    bytes_fwd: int
+    bytes_fwdbwd: int
+    flops_fwd: float = math.nan
+    flops_fwdbwd: float = math.nan
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _nbytes(*ts) -> int:
+    return sum(t.numel() * t.element_size() for t in ts if t is not None)
+
+
+def _leaves(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.detach().requires_grad_() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+            for k, v in d.items()}
+
+
+def _make_case(call: Callable[..., torch.Tensor], inputs: dict[str, Any], out_bytes: int) -> Case:
+    """fwd (no_grad) and fwdbwd callables for call(**inputs) -> a tensor; the byte counts of the docstring."""
+    leaves = _leaves(inputs)
+    grads = [v for v in leaves.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+    dout = {}
+
+    def fwd():
+        with torch.no_grad():
+            return call(**inputs)
+
+    def fwdbwd():
+        y = call(**leaves)
+        if "g" not in dout:
+            dout["g"] = torch.randn_like(y)
+        y.backward(dout["g"])
+
+    in_bytes = _nbytes(*[v for v in inputs.values() if isinstance(v, torch.Tensor)])
+    grad_bytes = _nbytes(*grads)
+    return Case(fwd, fwdbwd, grads, in_bytes + out_bytes, 2 * in_bytes + 2 * out_bytes + grad_bytes)
+
+
+def _rand(gen: torch.Generator, device, *shape) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen, device=device)
+
+
+# -- selective scan -----------------------------------------------------------------------------------------------
+
+def _scan_unavailable(backend: str, s: Shape, device: torch.device) -> str | None:
+    from ssmbench.kernels.selective_scan.backends import unavailable_reason
+    return unavailable_reason(backend, device)
+
+
+def _scan_case(backend: str, s: Shape, device: torch.device, gen: torch.Generator) -> Case:
+    from ssmbench.kernels.selective_scan import selective_scan
+    r = lambda *sh: _rand(gen, device, *sh)  # noqa: E731
+    B, D, L, N, dt = s.batch, s.dim, s.seq_len, s.d_state, s.dtype
+    inputs = dict(u=r(B, D, L).to(dt), delta=(r(B, D, L) * 0.5 - 1).to(dt),
+                  A=-(torch.rand(D, N, generator=gen, device=device) * 2 + 0.1), B=r(B, 1, N, L).to(dt),
+                  C=r(B, 1, N, L).to(dt), D=r(D), z=r(B, D, L).to(dt) if s.gated else None, delta_bias=r(D) * 0.3)
+
+    def call(**kw):
+        return selective_scan(**kw, delta_softplus=True, backend=backend)
+
+    case = _make_case(call, inputs, _nbytes(inputs["u"]))
+    if backend == "triton":
+        from ssmbench.kernels.selective_scan import triton_scan
+        case.info["launch"] = triton_scan.LAST_LAUNCH  # filled by the calls; copied into the row afterwards
+    return case
+
+
+# -- causal conv1d ------------------------------------------------------------------------------------------------
+
+def _conv_unavailable(backend: str, s: Shape, device: torch.device) -> str | None:
+    if backend == "triton":
+        from ssmbench.kernels.selective_scan.backends import unavailable_reason
+        return unavailable_reason("triton", device)
+    return None
+
+
+def _conv_case(backend: str, s: Shape, device: torch.device, gen: torch.Generator) -> Case:
+    from ssmbench.kernels.causal_conv1d import causal_conv1d_fn
+    inputs = dict(x=_rand(gen, device, s.batch, s.dim, s.seq_len).to(s.dtype),
+                  weight=_rand(gen, device, s.dim, s.conv_width) * 0.5, bias=_rand(gen, device, s.dim) * 0.1)
+    impl = "triton" if backend == "triton" else "reference"
+
+    def call(x, weight, bias):
+        return causal_conv1d_fn(x, weight, bias, activation="silu", backend=impl)
+
+    return _make_case(call, inputs, _nbytes(inputs["x"]))
+
+
+# -- S4 FFT convolution ---------------------------------------------------------------------------------------------
+
+S4_D_STATE = 64  # the S4 layer's own default (legs init: 32 complex modes)
+
+
+def _fft_case(backend: str, s: Shape, device: torch.device, gen: torch.Generator) -> Case:
+    from ssmbench.models.layers.hyena import fft_causal_conv
+    B, L, H = s.batch, s.seq_len, s.dim
+    u = _rand(gen, device, B, L, H).to(s.dtype)
+    if backend == "torch_fft":
+        inputs = dict(u=u, k=_rand(gen, device, H, L) * L ** -0.5, D=_rand(gen, device, H))
+
+        def call(u, k, D):  # the S4/Hyena long convolution in fp32 (cuFFT), as the layers compute it
+            uf = u.float()
+            return (fft_causal_conv(uf, k) + uf * D).to(u.dtype)
+
+        return _make_case(call, inputs, _nbytes(u))
+    from ssmbench.models.layers.s4 import S4Layer
+    layer = S4Layer(H, d_state=S4_D_STATE).to(device)  # random init from the global RNG: values do not matter
+    params = [p for p in layer.parameters()]
+    kernel_bytes = H * L * 4  # the [H, L] fp32 kernel it builds is read by the convolution
+    case = _make_case(lambda u: layer(u), dict(u=u), _nbytes(u) + kernel_bytes)
+    case.grads = case.grads + params
+    case.bytes_fwdbwd += 2 * kernel_bytes  # dK read back and the parameter gradients built from it
+    case.info["s4_d_state"] = S4_D_STATE
+    return case
+
+
+# -- causal attention ------------------------------------------------------------------------------------------------
+
+SDPA_KINDS = {"sdpa_flash": "FLASH_ATTENTION", "sdpa_cudnn": "CUDNN_ATTENTION", "sdpa_efficient": "EFFICIENT_ATTENTION",
+              "sdpa_math": "MATH"}
+
+
+def _flash_attn():
+    try:
+        return importlib.import_module("flash_attn")
+    except Exception:
+        return None
+
+
+def _attn_unavailable(backend: str, s: Shape, device: torch.device) -> str | None:
+    if s.dim % s.head_dim:
+        return f"dim {s.dim} is not a multiple of head_dim {s.head_dim}"
+    if backend == "flash_attn":
+        if device.type != "cuda":
+            return "flash_attn needs a CUDA device"
+        if _flash_attn() is None:
+            return "flash_attn is not importable"
+        if s.dtype not in (torch.float16, torch.bfloat16):
+            return "flash_attn needs fp16 or bf16"
+        return None
+    from torch.nn.attention import SDPBackend
+    if not hasattr(SDPBackend, SDPA_KINDS[backend]):
+        return f"this torch ({torch.__version__}) has no SDPBackend.{SDPA_KINDS[backend]}"
+    return None  # whether SDPA can run it is decided by trying: "no available kernel" becomes "unavailable"
+
+
+def _attn_case(backend: str, s: Shape, device: torch.device, gen: torch.Generator) -> Case:
+    B, H, L, hd = s.batch, s.heads, s.seq_len, s.head_dim
+    if backend == "flash_attn":
+        from flash_attn import flash_attn_func
+        shape = (B, L, H, hd)
+
+        def call(q, k, v):
+            return flash_attn_func(q, k, v, causal=True)
+    else:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        kind = getattr(SDPBackend, SDPA_KINDS[backend])
+        shape = (B, H, L, hd)
+
+        def call(q, k, v):
+            with sdpa_kernel([kind]), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the "kernel not used because ..." chatter of the others
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    inputs = {n: _rand(gen, device, *shape).to(s.dtype) for n in ("q", "k", "v")}
+    case = _make_case(call, inputs, _nbytes(inputs["q"]))
+    # Causal: half of the L x L scores. Forward 2 matmuls, backward 5 (the usual 2.5x).
+    case.flops_fwd = 2.0 * B * H * L * L * hd
+    case.flops_fwdbwd = 3.5 * case.flops_fwd
+    case.info["heads"] = H
+    if backend == "flash_attn":
+        case.info["backend_version"] = getattr(_flash_attn(), "__version__", "?")
+    return case
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    backends: tuple[str, ...]
+    build: Callable[[str, Shape, torch.device, torch.Generator], Case]
+    unavailable: Callable[[str, Shape, torch.device], str | None]
+    length_exponent: float  # time ~ L^exponent at long L: used to predict the next length's time
+
+
+def _always(backend, s, device):
+    return None
+
+
+OPS: dict[str, OpSpec] = {
+    "selective_scan": OpSpec(("triton", "mamba_ssm", "torch", "reference"), _scan_case, _scan_unavailable, 1.0),
+    "causal_conv1d": OpSpec(("triton", "torch"), _conv_case, _conv_unavailable, 1.0),
+    "s4_fft_conv": OpSpec(("torch_fft", "s4d_layer"), _fft_case, _always, 1.1),
+    "attention": OpSpec(("flash_attn", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sdpa_math"), _attn_case,
+                        _attn_unavailable, 2.0),
+}
+
+# The order series are measured in: what matters most first, so a run that hits its time budget loses the least.
+PRIORITY = [("selective_scan", "triton"), ("selective_scan", "mamba_ssm"), ("attention", "flash_attn"),
+            ("attention", "sdpa_flash"), ("attention", "sdpa_cudnn"), ("s4_fft_conv", "torch_fft"),
+            ("causal_conv1d", "triton"), ("causal_conv1d", "torch"), ("selective_scan", "torch"),
+            ("attention", "sdpa_efficient"), ("s4_fft_conv", "s4d_layer"), ("attention", "sdpa_math"),
+            ("selective_scan", "reference")]
+
+FUSED = ("selective_scan", "triton")  # the implementation the report's speed-ups are relative to
+
+
+def impl_label(op: str, backend: str) -> str:
+    return f"{op}:{backend}"
+
+
+def _backend_version(op: str, backend: str) -> str:
+    mod = {"mamba_ssm": "mamba_ssm", "flash_attn": "flash_attn"}.get(backend)
+    if mod is None:
+        return ""
+    try:
+        return getattr(importlib.import_module(mod), "__version__", "?")
+    except Exception:
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The sweep
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ProfileConfigError(f"device={name!r} but CUDA is not available here")
+    return device
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _short_error(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0] if msg else ''}"[:500]
+
+
+def _is_unavailable_kernel(e: BaseException) -> bool:
+    # SDPA with one backend forced that cannot take these inputs (wording varies across torch versions)
+    return isinstance(e, RuntimeError) and any(m in str(e) for m in ("No available kernel", "No viable backend"))
+
+
+@dataclass
+class Series:
+    """One op through one backend at one shape and dtype, over the lengths: one rows file."""
+    op: str
+    backend: str
+    shape: ShapeConfig
+    dtype: str
+
+    def identity(self, device: torch.device, cfg: ProfileConfig) -> dict:
+        return {"kind": "kernel", "op": self.op, "backend": self.backend, "shape": dataclasses.asdict(self.shape),
+                "dtype": self.dtype, "device": environment(device)["device"], "head_dim": cfg.head_dim,
+                "conv_width": cfg.conv_width, "gated": cfg.gated}
+
+
+def series_of(cfg: ProfileConfig) -> list[Series]:
+    chosen = cfg.backends
+    order = [(op, b) for op, b in PRIORITY if b in chosen.get(op, [])]
+    order += [(op, b) for op, bs in chosen.items() for b in bs if (op, b) not in order]
+    return [Series(op, b, shape, dt) for shape in cfg.shapes for dt in cfg.dtypes for op, b in order]
+
+
+class _Clock:
+    def __init__(self, budget_s: float | None):
+        self.t0, self.budget_s = time.perf_counter(), budget_s
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def over(self) -> bool:
+        return self.budget_s is not None and self.elapsed() > self.budget_s
+
+
+def run_profile(cfg: ProfileConfig) -> list[dict]:
+    """Measure every series of `cfg`, writing each series' rows (atomically) as it goes; returns all rows."""
+    validate_profile(cfg)
+    device = resolve_device(cfg.device)
+    if device.type == "cpu" and cfg.triton_interpret:
+        import os
+        os.environ["TRITON_INTERPRET"] = "1"
+    env = environment(device)
+    clock = _Clock(cfg.budget_s)
+    nbytes = cfg.copy_bytes if device.type == "cuda" else max(1, cfg.copy_bytes // 16)
+    copy_gbps = copy_bandwidth_gbps(device, nbytes, cfg.warmup_ms, cfg.rep_ms)
+    log.info("device %s; copy bandwidth %.1f GB/s", env["device"], copy_gbps)
+    all_rows = []
+    for series in series_of(cfg):
+        all_rows += _run_series(series, cfg, device, env, copy_gbps, clock)
+        _free(device)
+    log.info("profile done in %.1f s: %d rows", clock.elapsed(), len(all_rows))
+    return all_rows
+
+
+DONE_STATUSES = ("ok", "oom", "unavailable")
+
+
+def _run_series(series: Series, cfg: ProfileConfig, device, env, copy_gbps, clock: _Clock) -> list[dict]:
+    spec = OPS[series.op]
+    rid = run_id(series.identity(device, cfg))
+    path = rows_path(cfg.results_root, cfg.study, rid)
+    kept: dict[tuple[int, str], dict] = {}
+    if cfg.resume and path.exists():
+        try:
+            kept = {(r["seq_len"], r["pass"]): r for r in read_rows(path) if r.get("status") in DONE_STATUSES}
+        except (OSError, ValueError, KeyError):
+            kept = {}
+    s0 = series.shape
+    limit = cfg.limits.get(series.op, {}).get(series.backend)
+    base = {"kind": "kernel", "study": cfg.study, "run_id": rid, "op": series.op, "backend": series.backend,
+            "impl": impl_label(series.op, series.backend), "batch": s0.batch, "dim": s0.dim, "d_state": s0.d_state,
+            "dtype": series.dtype, "head_dim": cfg.head_dim, "conv_width": cfg.conv_width, "gated": cfg.gated,
+            "copy_gbps": copy_gbps, "backend_version": _backend_version(series.op, series.backend), **env}
+    rows: list[dict] = []
+    last: dict[str, tuple[int, float]] = {}  # pass -> (L, median ms) of the last measured length
+    oom_at: dict[str, int] = {}
+    unavailable = None
+    for L in sorted(cfg.lengths):
+        if s0.max_len is not None and L > s0.max_len:
+            continue
+        shape = Shape(s0.batch, s0.dim, L, s0.d_state, DTYPES[series.dtype], cfg.head_dim, cfg.conv_width, cfg.gated)
+        for pas in cfg.passes:
+            if (L, pas) in kept:
+                rows.append(kept[(L, pas)])
+                if kept[(L, pas)]["status"] == "ok":
+                    last[pas] = (L, kept[(L, pas)]["time_ms"])
+                continue
+            row = {**base, "seq_len": L, "pass": pas, "heads": shape.heads, "status": "ok", "error": "",
+                   "timestamp": time.strftime("%Y-%m-%d %H:%M:%S")}
+            reason = unavailable or spec.unavailable(series.backend, shape, device)
+            predicted = math.nan
+            if pas in last:
+                L0, t0 = last[pas]
+                predicted = t0 * (L / L0) ** spec.length_exponent
+            if reason:
+                row.update(status="unavailable", error=reason)
+            elif limit is not None and L > limit:
+                row.update(status="skipped", error=f"beyond this backend's length limit (limits.{series.op}."
+                                                   f"{series.backend}={limit})")
+            elif pas in oom_at:
+                row.update(status="oom", error=f"not run: out of memory already at L={oom_at[pas]}")
+            elif predicted > cfg.max_call_ms:
+                row.update(status="skipped", error=f"predicted {predicted:.0f} ms per call > max_call_ms="
+                                                   f"{cfg.max_call_ms:.0f} (from L={last[pas][0]})")
+            elif clock.over():
+                row.update(status="skipped", error=f"time budget of {cfg.budget_s} s spent")
+            else:
+                row.update(_measure(series, shape, pas, cfg, device, copy_gbps))
+                if row["status"] == "ok":
+                    last[pas] = (L, row["time_ms"])
+                elif row["status"] == "oom":
+                    oom_at[pas] = L
+                elif row["status"] == "unavailable":
+                    unavailable = row["error"]
+            row["predicted_ms"] = predicted
+            rows.append(row)
+            log.info("%-28s %-6s B=%d D=%d L=%-7d %s: %s", row["impl"], pas, s0.batch, s0.dim, L, series.dtype,
+                     f"{row['time_ms']:.4f} ms" if row["status"] == "ok" else f"{row['status']} ({row['error']})")
+            write_rows(path, rows)
+    if rows:
+        write_rows(path, rows)
+    return rows
+
+
+def _measure(series: Series, shape: Shape, pas: str, cfg: ProfileConfig, device, copy_gbps) -> dict:
+    """Build the inputs, time, measure memory; the outcome as row fields. Never raises."""
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + shape.seq_len)
+    case = None
+    t_start = time.perf_counter()
+    try:
+        case = OPS[series.op].build(series.backend, shape, device, gen)
+        fn = case.fwd if pas == "fwd" else case.fwdbwd
+        grads = case.grads if pas == "fwdbwd" else None
+        t = time_call(fn, device, warmup_ms=cfg.warmup_ms, rep_ms=cfg.rep_ms, grad_to_none=grads,
+                      slow_ms=cfg.slow_ms, slow_samples=cfg.slow_samples)
+        peak, extra = peak_memory(fn, device, grads)
+        nbytes = case.bytes_fwd if pas == "fwd" else case.bytes_fwdbwd
+        flops = case.flops_fwd if pas == "fwd" else case.flops_fwdbwd
+        gbps = nbytes / (t.median_ms * 1e-3) / 1e9
+        out = {"time_ms": t.median_ms, "time_p20_ms": t.p20_ms, "time_p80_ms": t.p80_ms, "time_min_ms": t.min_ms,
+               "samples": t.samples, "timer": t.timer, "peak_mem_bytes": peak, "peak_extra_bytes": extra,
+               "mem_kind": "cuda_allocator" if device.type == "cuda" else "process_rss",
+               "bytes_moved": nbytes, "achieved_gbps": gbps, "bw_frac": gbps / copy_gbps, "flops": flops,
+               "tflops": flops / (t.median_ms * 1e-3) / 1e12}
+        for k, v in case.info.items():
+            if k == "launch":
+                out.update({f"triton_{a}": b for a, b in v.items()})
+            else:
+                out[k] = v
+        out["wall_s"] = time.perf_counter() - t_start
+        return out
+    except Exception as e:  # every outcome is a row; the sweep goes on
+        if is_out_of_memory(e):
+            status = "oom"
+        elif _is_unavailable_kernel(e):
+            status = "unavailable"
+        else:
+            status = "error"
+            log.debug("error in %s/%s", series.op, series.backend, exc_info=True)
+        return {"status": status, "error": _short_error(e), "time_ms": math.nan,
+                "wall_s": time.perf_counter() - t_start}
+    finally:
+        del case
+        _free(device)
