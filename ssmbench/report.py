@@ -114,6 +114,7 @@ def plot(df: pd.DataFrame, out: Path) -> list[Path]:
         for L in train_lens:
             ax.axvline(L, color="grey", ls=":", lw=1)
         ax.set_xlabel("evaluation sequence length (dotted: training length)")
+        ax.legend(title="model", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     else:
         order = ok.groupby("model")["accuracy (%)"].mean().sort_values(ascending=False).index
         sns.barplot(data=ok, x="model", y="accuracy (%)", order=order, hue="family", palette=PALETTE, dodge=False,
