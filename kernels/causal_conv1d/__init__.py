@@ -12,23 +12,14 @@ from __future__ import annotations
 
 import torch
 
-from ..selective_scan.backends import BackendUnavailable, unavailable_reason
+from ..selective_scan.backends import BackendUnavailable, resolve_kernel_backend
 from .reference import causal_conv1d_ref, causal_conv1d_update_ref
 
 CONV_BACKENDS = ("reference", "triton")
 
 
 def resolve_conv_backend(backend: str, device: torch.device | str) -> str:
-    device = torch.device(device)
-    if backend == "auto":
-        return "triton" if device.type == "cuda" and unavailable_reason("triton", device) is None else "reference"
-    if backend not in CONV_BACKENDS:
-        raise ValueError(f"unknown causal conv1d backend {backend!r}; choose one of {('auto',) + CONV_BACKENDS}")
-    if backend == "triton":
-        reason = unavailable_reason("triton", device)
-        if reason is not None:
-            raise BackendUnavailable(f"causal conv1d backend 'triton' cannot run: {reason}")
-    return backend
+    return resolve_kernel_backend("causal conv1d", backend, device)
 
 
 def causal_conv1d_fn(x, weight, bias=None, activation=None, backend="auto"):

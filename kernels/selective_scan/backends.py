@@ -23,7 +23,7 @@ def _triton_reason(device: torch.device) -> str | None:
         return None
     if os.environ.get("TRITON_INTERPRET") == "1":
         return None
-    return f"inputs are on {device.type}; the Triton kernels need a CUDA device (or TRITON_INTERPRET=1 to run them in the CPU interpreter)"
+    return f"inputs are on {device.type}; the Triton kernels need a CUDA device (or TRITON_INTERPRET=1, set before triton is first imported, to run them in the CPU interpreter)"
 
 
 def _mamba_ssm_reason(device: torch.device) -> str | None:
@@ -46,6 +46,22 @@ def unavailable_reason(backend: str, device: torch.device | str) -> str | None:
     if backend == "mamba_ssm":
         return _mamba_ssm_reason(device)
     raise ValueError(f"unknown selective scan backend {backend!r}; choose one of {('auto',) + BACKENDS}")
+
+
+def resolve_kernel_backend(op: str, backend: str, device: torch.device | str) -> str:
+    """For the ops that have a reference and a Triton kernel only (causal conv1d, the decode step): "auto" is
+    Triton on CUDA and the reference elsewhere; an explicit "triton" that cannot run raises with the reason."""
+    device = torch.device(device)
+    choices = ("reference", "triton")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and unavailable_reason("triton", device) is None else "reference"
+    if backend not in choices:
+        raise ValueError(f"unknown {op} backend {backend!r}; choose one of {('auto',) + choices}")
+    if backend == "triton":
+        reason = unavailable_reason("triton", device)
+        if reason is not None:
+            raise BackendUnavailable(f"{op} backend 'triton' cannot run: {reason}")
+    return backend
 
 
 def available_backends(device: torch.device | str) -> list[str]:

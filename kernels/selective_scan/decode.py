@@ -13,23 +13,14 @@ from __future__ import annotations
 
 import torch
 
-from .backends import BackendUnavailable, unavailable_reason
+from .backends import BackendUnavailable, resolve_kernel_backend
 from .reference import selective_state_update_ref
 
 DECODE_BACKENDS = ("reference", "triton")
 
 
 def resolve_decode_backend(backend: str, device: torch.device | str) -> str:
-    device = torch.device(device)
-    if backend == "auto":
-        return "triton" if device.type == "cuda" and unavailable_reason("triton", device) is None else "reference"
-    if backend not in DECODE_BACKENDS:
-        raise ValueError(f"unknown decode backend {backend!r}; choose one of {('auto',) + DECODE_BACKENDS}")
-    if backend == "triton":
-        reason = unavailable_reason("triton", device)
-        if reason is not None:
-            raise BackendUnavailable(f"decode backend 'triton' cannot run: {reason}")
-    return backend
+    return resolve_kernel_backend("decode", backend, device)
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,

@@ -6,7 +6,9 @@ Three things live here:
   decoration time (import) whether a kernel is compiled or run by the CPU interpreter (TRITON_INTERPRET=1,
   read when `triton.jit` runs, checked on triton 3.9). A kernel module imported once without the variable
   would stay compiled-only for the whole process, so the wrappers never import their kernels directly: they
-  ask this loader, which keeps one copy of the module per mode.
+  ask this loader, which keeps one copy of the module per mode. triton.language's own @jit helpers (tl.sigmoid,
+  tl.cdiv, tl.sum's combine) are decorated once, when triton is first imported: to use the interpreter, set
+  TRITON_INTERPRET=1 before anything imports triton (tests/conftest.py does, on machines without CUDA).
 * `alloc(...)`: allocation of kernel outputs; with `POISON = True` (tests) every output starts as NaN, so an
   element the kernel forgot to write shows up in the comparison instead of hiding as stale memory.
 * `patch_interpreter_scan()`: makes `tl.associative_scan` in the interpreter loop over the scan axis with

@@ -8,22 +8,8 @@ import torch
 
 from ssmbench.kernels.causal_conv1d import (BackendUnavailable, causal_conv1d_fn, causal_conv1d_ref,
                                             causal_conv1d_update)
-from ssmbench.kernels.selective_scan import triton_util as tu
 
-CUDA = torch.cuda.is_available()
-DEV = "cuda" if CUDA else "cpu"
-gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-
-
-@pytest.fixture(autouse=True)
-def triton_mode(monkeypatch):
-    if not CUDA:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(tu, "POISON", True)
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+from .triton_testing import CUDA, DEV, gpu, rel_err, triton_mode  # noqa: F401  (triton_mode: autouse)
 
 
 def check_conv(batch, dim, L, W, activation, bias=True, dtype=torch.float32, tol=1e-5, channel_last=False, seed=0):

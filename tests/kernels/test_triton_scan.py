@@ -12,28 +12,9 @@ import pytest
 import torch
 
 from ssmbench.kernels.selective_scan import BackendUnavailable, selective_scan
-from ssmbench.kernels.selective_scan import triton_util as tu
 from ssmbench.kernels.selective_scan.reference import selective_scan_ref
 
-CUDA = torch.cuda.is_available()
-DEV = "cuda" if CUDA else "cpu"
-gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
-
-
-@pytest.fixture(autouse=True)
-def triton_mode(monkeypatch):
-    if not CUDA:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-        tu.patch_interpreter_scan()
-    monkeypatch.setattr(tu, "POISON", True)
-
-
-def rel_err(a, b):
-    """||a - b|| / ||b||; absolute when the reference is exactly zero (dA at L = 1: the initial state is 0,
-    while the kernel's a_t h_(t-1) = h_t - x_t leaves fp32 rounding noise, ~1e-7 on O(1) data)."""
-    a, b = a.double(), b.double()
-    nb = b.norm()
-    return ((a - b).norm() / (nb if nb > 0 else 1.0)).item()
+from .triton_testing import CUDA, DEV, gpu, rel_err, triton_mode  # noqa: F401  (triton_mode: autouse)
 
 
 def make_inputs(batch, dim, L, N, *, bc="var", groups=1, dtype=torch.float32, z=True, D=True, bias=True,
