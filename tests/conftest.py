@@ -11,6 +11,10 @@ import torch
 # the torch scan and the reference conv/decode off CUDA), so this changes nothing else.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    try:  # import it now, so that no test that unsets the variable can be the first to import it
+        import triton  # noqa: F401
+    except ImportError:
+        pass
 
 # Small, deterministic CPU runs: keep torch from oversubscribing the 2 cores CI has.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
