@@ -48,5 +48,15 @@ def check_positive(name: str, value: int) -> None:
         raise ValueError(f"{name} must be > 0, got {value}")
 
 
+def sample_length(task, batch_size: int, seq_len: int | None, generator: torch.Generator | None) -> int:
+    """The checks every `sample` starts with; returns the length to draw (the task's own when seq_len is None)."""
+    if generator is None:
+        raise TypeError("sample() needs a torch.Generator: tasks never draw from the global RNG")
+    check_positive("batch_size", batch_size)
+    L = task.seq_len if seq_len is None else seq_len
+    task._check_seq_len(L)
+    return L
+
+
 def generator_device(generator: torch.Generator) -> torch.device:
     return torch.device(generator.device)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import IGNORE, Batch, check_positive
+from .base import IGNORE, Batch, check_positive, sample_length
 
 MIN_SEQ_LEN = 4
 
@@ -52,16 +52,15 @@ class InductionHeads:
             )
         _check_seq_len(self.seq_len)
 
+    def _check_seq_len(self, seq_len: int) -> None:
+        _check_seq_len(seq_len)
+
     @property
     def trigger(self) -> int:
         return self.vocab_size - 1
 
     def sample(self, batch_size: int, seq_len: int | None = None, generator: torch.Generator | None = None) -> Batch:
-        if generator is None:
-            raise TypeError("sample() needs a torch.Generator: tasks never draw from the global RNG")
-        check_positive("batch_size", batch_size)
-        L = self.seq_len if seq_len is None else seq_len
-        _check_seq_len(L)
+        L = sample_length(self, batch_size, seq_len, generator)
         B, device = batch_size, generator.device
 
         # Ordinary tokens only (high bound excludes the trigger), so the trigger appears nowhere but where we put it.

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import IGNORE, Batch, check_positive
+from .base import IGNORE, Batch, check_positive, sample_length
 
 NOISE = 0
 
@@ -74,11 +74,7 @@ class MultiQueryAR:
             )
 
     def sample(self, batch_size: int, seq_len: int | None = None, generator: torch.Generator | None = None) -> Batch:
-        if generator is None:
-            raise TypeError("sample() needs a torch.Generator: tasks never draw from the global RNG")
-        check_positive("batch_size", batch_size)
-        L = self.seq_len if seq_len is None else seq_len
-        self._check_seq_len(L)
+        L = sample_length(self, batch_size, seq_len, generator)
         B, n, K, device = batch_size, self.n_pairs, self.n_keys, generator.device
         n_values = self.vocab_size - 1 - K
         context = 2 * n
