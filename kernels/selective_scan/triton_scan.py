@@ -97,6 +97,16 @@ def _bc_layout(X: torch.Tensor, batch: int, dim: int, L: int):
     return X, True, X.shape[1], (X.stride(0), X.stride(1), X.stride(2))
 
 
+def _bc_layouts(B, C, batch: int, dim: int, L: int):
+    """Both B and C in kernel layout, and the number of channel groups they share (checked here once, for the
+    forward and the backward alike)."""
+    b, c = _bc_layout(B, batch, dim, L), _bc_layout(C, batch, dim, L)
+    (_, b_var, gB, _), (_, c_var, gC, _) = b, c
+    groups = max(gB, gC)
+    assert dim % groups == 0 and (not b_var or not c_var or gB == gC)
+    return b, c, groups
+
+
 def _lastdim_contig(x):
     return x if x is None or x.stride(-1) == 1 else x.contiguous()
 
@@ -105,10 +115,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, cfg, long_sequence):
     batch, dim, L = u.shape
     N = A.shape[1]
     dev = u.device
-    Bt, b_var, gB, sB = _bc_layout(B, batch, dim, L)
-    Ct, c_var, gC, sC = _bc_layout(C, batch, dim, L)
-    groups = max(gB, gC)
-    assert dim % groups == 0 and (not b_var or not c_var or gB == gC)
+    (Bt, b_var, gB, sB), (Ct, c_var, gC, sC), groups = _bc_layouts(B, C, batch, dim, L)
     BL, CH = cfg.block_l_fwd, cfg.chunk
     assert BL % CH == 0 or CH % BL == 0, "block_l_fwd must divide chunk or be a multiple of it"
     n_chunks = -(-L // CH)
@@ -165,9 +172,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, cfg, 
     batch, dim, L = u.shape
     N = A.shape[1]
     dev = u.device
-    Bt, b_var, gB, sB = _bc_layout(B, batch, dim, L)
-    Ct, c_var, gC, sC = _bc_layout(C, batch, dim, L)
-    groups = max(gB, gC)
+    (Bt, b_var, gB, sB), (Ct, c_var, gC, sC), groups = _bc_layouts(B, C, batch, dim, L)
     CH = cfg.chunk
     n_chunks = -(-L // CH)
     S = _n_segments(long_sequence, batch * dim, cfg.warps_bwd, n_chunks, CH, cfg, dev)
