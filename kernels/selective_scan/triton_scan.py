@@ -55,6 +55,7 @@ class ScanConfig:
     min_seg_len: int = 4096  # long path: shortest segment (steps)
     split_below_warps_per_sm: int = 4  # long path: taken when one segment per channel gives fewer warps per SM
     target_warps_per_sm: int = 128  # long path: split until this many warps per SM are resident
+    shift_adjoint: bool = False  # backward: pair scan on a recomputed a_{t+1} instead of a triple scan
 
 
 DEFAULT_CONFIG = ScanConfig()
@@ -204,7 +205,8 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, cfg, 
     zz = z if z is not None else u
     dzz = dz if dz is not None else du
     common = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-                  B_VAR=b_var, C_VAR=c_var, BLOCK_N=BN, BLOCK_L=CH, num_warps=cfg.warps_bwd)
+                  B_VAR=b_var, C_VAR=c_var, BLOCK_N=BN, BLOCK_L=CH, num_warps=cfg.warps_bwd,
+                  SHIFT_ADJOINT=cfg.shift_adjoint)
     ins = (u, delta, A, Bt, Ct, D if D is not None else A, zz, delta_bias if delta_bias is not None else A, dout, ckpt)
     sizes = (dim, L, N, dim // groups, n_chunks, seg_iters, P,
              u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),

@@ -155,7 +155,7 @@ def scan_bwd_kernel(
     s_dCc, s_dC0, s_dC1, s_dC2,
     LOCAL: tl.constexpr,  # True: pass 1 of the long path, only the adjoint at the segment start and sum(dt)
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_CARRY: tl.constexpr,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_CARRY: tl.constexpr, SHIFT_ADJOINT: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     # BLOCK_L is the checkpoint interval: block `it` starts from checkpoint it - 1.
@@ -257,9 +257,22 @@ def scan_bwd_kernel(
                 dz = dout * y * sz * (1.0 + z * (1.0 - sz))
                 tl.store(dz_ptr + b64 * s_zb + d * s_zd + t, dz, mask=mt)
         # adjoint of the state: lam_t = gy_t C_t + a_{t+1} lam_{t+1}
-        ones = tl.full([BLOCK_N, BLOCK_L], 1.0, tl.float32)
-        _f, kk, gg = tl.associative_scan((a, ones, gy[None, :] * Cx), axis=1, combine_fn=_combine_adjoint,
-                                         reverse=True)
+        if SHIFT_ADJOINT:
+            # the decay one step ahead, recomputed from delta at t + 1 (1 at the block's last step, where
+            # `carry` stands for what comes after): a plain pair scan instead of a triple one
+            mt1 = (offs_l < BLOCK_L - 1) & (t + 1 < L)
+            dn = tl.load(dl_base + t + 1, mask=mt1, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dn = dn + bias
+            if SOFTPLUS:
+                dn = _softplus(dn)
+            dn = tl.where(mt1, dn, 0.0)
+            a_next = tl.exp2(dn[None, :] * A2[:, None])
+            kk, gg = tl.associative_scan((a_next, gy[None, :] * Cx), axis=1, combine_fn=_combine, reverse=True)
+        else:
+            ones = tl.full([BLOCK_N, BLOCK_L], 1.0, tl.float32)
+            _f, kk, gg = tl.associative_scan((a, ones, gy[None, :] * Cx), axis=1, combine_fn=_combine_adjoint,
+                                             reverse=True)
         lam = gg + kk * carry[:, None]
         carry = tl.sum(tl.where(offs_l[None, :] == 0, a * lam, 0.0), axis=1)
         if LOCAL:

@@ -120,6 +120,16 @@ def test_forward_block_multiple_of_chunk():
     check(make_inputs(1, 2, 300, 4, seed=13), config=ScanConfig(block_l_fwd=128, chunk=32), long_sequence=True)
 
 
+@pytest.mark.parametrize("long_sequence", [False, True])
+def test_adjoint_forms_agree(long_sequence):
+    # the backward's two ways to the state adjoint (triple scan, or pair scan on a recomputed a_{t+1}), over a
+    # tail block, the carry between blocks and between segments, a final-state gradient and groups
+    from ssmbench.kernels.selective_scan.triton_scan import ScanConfig
+    for shift in (False, True):
+        cfg = ScanConfig(block_l_fwd=32, chunk=64, min_seg_len=64, shift_adjoint=shift)
+        check(make_inputs(2, 4, 301, 3, bc="groups", groups=2, seed=15), config=cfg, long_sequence=long_sequence)
+
+
 def test_noncontiguous_inputs():
     inp = make_inputs(2, 3, 50, 4, seed=14)
     inp["u"] = inp["u"].transpose(1, 2).contiguous().transpose(1, 2)  # [batch, L, dim] memory, viewed
