@@ -188,7 +188,7 @@ def tune(copy_bw):
         dout = torch.randn_like(inp["u"])
         for cfg in bwd_cfgs:
             try:
-                _, ckpt, _ = ts._fwd(*args, True, cfg, False)
+                _, ckpt, _ = ts._fwd(*args, True, cfg, False, True)
                 ms = bench(lambda: ts._bwd(dout, None, *args, ckpt, True, cfg, False))
             except Exception as e:
                 log(f"  bwd {cfg}: {type(e).__name__} {str(e)[:100]}")
@@ -211,7 +211,7 @@ def tune(copy_bw):
         args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
         for cfg in fwd_cfgs:
             try:
-                ms = bench(lambda: ts._fwd(*args, True, cfg, False))
+                ms = bench(lambda: ts._fwd(*args, True, cfg, False, True))
             except Exception as e:  # out of resources etc.
                 log(f"  fwd {cfg}: {type(e).__name__} {str(e)[:100]}")
                 continue
@@ -231,9 +231,9 @@ def tune(copy_bw):
     dout = torch.randn_like(inp["u"])
     for tw in (32, 64, 128):
         cfg = dataclasses.replace(ts.DEFAULT_CONFIG, target_warps_per_sm=tw)
-        ms = bench(lambda: ts._fwd(*args, True, cfg, True))
+        ms = bench(lambda: ts._fwd(*args, True, cfg, True, True))
         segs = ts.LAST_LAUNCH["fwd_segments"]
-        _, ckpt, _ = ts._fwd(*args, True, cfg, True)
+        _, ckpt, _ = ts._fwd(*args, True, cfg, True, True)
         msb = bench(lambda: ts._bwd(dout, None, *args, ckpt, True, cfg, True))
         row(section="tune_long", B=1, D=128, L=2**20, target_warps_per_sm=tw, fwd_segments=segs, fwd_ms=ms,
             bwd_segments=ts.LAST_LAUNCH["bwd_segments"], bwd_ms=msb)

@@ -221,19 +221,33 @@ def _bwd_regs(K):
     return ",".join(out)
 
 
+def _bwd_layouts(K):
+    """The blocked layouts of the compiled backward kernel and the layout its atomics use (from the TTGIR)."""
+    try:
+        for cache in K.scan_bwd_kernel.device_caches.values():
+            for k in cache[0].values():
+                ttg = k.asm["ttgir"]
+                lines = [ln.strip() for ln in ttg.splitlines() if ln.startswith("#blocked")]
+                lines += [re.sub(r"loc\(.*", "", ln.strip())[:200] for ln in ttg.splitlines() if "atomic_rmw" in ln]
+                return lines
+    except Exception as e:
+        return [f"? ({type(e).__name__}: {e})"]
+    return []
+
+
 def variants():
     shapes = [(1, 1024, 512), (1, 1024, 4096), (1, 1024, 32768), (8, 1536, 4096)]
     base = ts.DEFAULT_CONFIG
     import dataclasses
     cfgs = {
-        "default": base,
-        "shift_adjoint": dataclasses.replace(base, shift_adjoint=True),
-        "shift chunk32": dataclasses.replace(base, shift_adjoint=True, chunk=32),
-        "shift chunk128 w2": dataclasses.replace(base, shift_adjoint=True, chunk=128, warps_bwd=2),
-        "shift chunk64 w2": dataclasses.replace(base, shift_adjoint=True, warps_bwd=2),
+        "default (pairs)": base,
+        "one channel per program": dataclasses.replace(base, pair_channels_bwd=False),
+        "pairs, chunk 32": dataclasses.replace(base, chunk=32),
+        "pairs, 2 warps": dataclasses.replace(base, warps_bwd=2),
+        "pairs, chunk 128, 2 warps": dataclasses.replace(base, chunk=128, warps_bwd=2),
     }
     rows = []
-    orig_k, orig_copies = ts._k, ts._n_copies
+    orig_k = ts._k
     try:
         for name, cfg in cfgs.items():
             r = dict(variant=name)
@@ -243,23 +257,27 @@ def variants():
                 r[f"B{b}D{d}L{L}"] = gpu_ms(fb, grads)
                 del inp, fb, grads
             r["regs/spills"] = _bwd_regs(ts._k())
+            if name.startswith("default"):
+                MD.extend(["\n## backward kernel layouts (TTGIR), default config\n", "```", *_bwd_layouts(ts._k()), "```"])
+                log("\n".join(MD[-6:]))
             rows.append(r)
             if hasattr(ts._k().scan_bwd_kernel, "device_caches"):  # so the next row lists its own kernels
                 ts._k().scan_bwd_kernel.device_caches.clear()
-        for name, kmod, copies in [("no dB/dC atomics (wrong grads)", _patched_kernels(True), None),
-                                   ("1 accumulator copy", None, 1), ("4 copies", None, 4), ("64 copies", None, 64)]:
-            ts._k = (lambda m=kmod: m) if kmod is not None else orig_k
-            ts._n_copies = (lambda *a, c=copies: c) if copies is not None else orig_copies
+        for name, pair in [("no dB/dC atomics, pairs (wrong grads)", True),
+                           ("no dB/dC atomics, one channel (wrong grads)", False)]:
+            kmod = _patched_kernels(True)
+            ts._k = lambda m=kmod: m
+            cfg = dataclasses.replace(base, pair_channels_bwd=pair)
             r = dict(variant=name)
             for (b, d, L) in shapes:
                 inp = inputs(b, d, L)
-                fb, grads = fwdbwd_fn(inp)
+                fb, grads = fwdbwd_fn(inp, cfg)
                 r[f"B{b}D{d}L{L}"] = gpu_ms(fb, grads)
                 del inp, fb, grads
             r["regs/spills"] = _bwd_regs(ts._k())
             rows.append(r)
     finally:
-        ts._k, ts._n_copies = orig_k, orig_copies
+        ts._k = orig_k
     table("variants: forward+backward ms", rows)
 
 

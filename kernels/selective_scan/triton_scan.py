@@ -55,7 +55,7 @@ class ScanConfig:
     min_seg_len: int = 4096  # long path: shortest segment (steps)
     split_below_warps_per_sm: int = 4  # long path: taken when one segment per channel gives fewer warps per SM
     target_warps_per_sm: int = 128  # long path: split until this many warps per SM are resident
-    shift_adjoint: bool = False  # backward: pair scan on a recomputed a_{t+1} instead of a triple scan
+    pair_channels_bwd: bool = True  # backward: one program per two channels of a group (time-varying B/C)
 
 
 DEFAULT_CONFIG = ScanConfig()
@@ -112,7 +112,8 @@ def _lastdim_contig(x):
     return x if x is None or x.stride(-1) == 1 else x.contiguous()
 
 
-def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, cfg, long_sequence):
+def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, cfg, long_sequence, store_ckpt):
+    """-> (y, checkpoints [batch, dim, n_chunks, N] fp32 (None unless store_ckpt), segments)."""
     batch, dim, L = u.shape
     N = A.shape[1]
     dev = u.device
@@ -126,12 +127,13 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, cfg, long_sequence):
     S = -(-n_iters // seg_iters)
     LAST_LAUNCH.update(fwd_segments=S)
     out = tu.alloc((batch, dim, L), u.dtype, dev)
-    ckpt = tu.alloc((batch, dim, n_chunks, N), torch.float32, dev)
+    ckpt = tu.alloc((batch, dim, n_chunks, N), torch.float32, dev) if store_ckpt else None
     BN = max(2, tu.next_pow2(N))
     zz = z if z is not None else u
-    dummy = ckpt
+    dummy = ckpt if ckpt is not None else out
     common = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-                  B_VAR=b_var, C_VAR=c_var, BLOCK_N=BN, BLOCK_L=BL, CHUNK=CH, num_warps=cfg.warps_fwd)
+                  B_VAR=b_var, C_VAR=c_var, STORE_CKPT=store_ckpt, BLOCK_N=BN, BLOCK_L=BL, CHUNK=CH,
+                  num_warps=cfg.warps_fwd)
     args = (u, delta, A, Bt, Ct, D if D is not None else A, zz, delta_bias if delta_bias is not None else A)
     strides = (dim, L, N, dim // groups, n_chunks, seg_iters,
                u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
@@ -141,11 +143,11 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, cfg, long_sequence):
     if S > 1:
         hloc = tu.alloc((batch, dim, S, N), torch.float32, dev)
         dsum = tu.alloc((batch, dim, S), torch.float32, dev)
-        K.scan_fwd_kernel[(batch * dim, S)](*args, out, ckpt, dummy, hloc, dsum, *strides,
+        K.scan_fwd_kernel[(batch * dim, S)](*args, out, dummy, dummy, hloc, dsum, *strides,
                                             LOCAL=True, HAS_INIT=False, **common)
         hinit = tu.alloc((batch, dim, S, N), torch.float32, dev)
         _carry(K, hloc, dsum, A, None, hinit, reverse=False)
-    K.scan_fwd_kernel[(batch * dim, S)](*args, out, ckpt, hinit if hinit is not None else dummy, dummy, dummy,
+    K.scan_fwd_kernel[(batch * dim, S)](*args, out, dummy, hinit if hinit is not None else dummy, dummy, dummy,
                                         *strides, LOCAL=False, HAS_INIT=hinit is not None, **common)
     return out, ckpt, S
 
@@ -159,14 +161,13 @@ def _carry(K, loc, dsum, A, init, out, reverse):
                          num_warps=1)
 
 
-def _n_copies(X: torch.Tensor, n_var: int, dims_per_group: int, u: torch.Tensor) -> int:
-    """Copies of the fp32 dB/dC accumulators for the atomics. With one copy, the channels of a group, which
+def _n_copies(one_bytes: int, programs_per_group: int, u: torch.Tensor) -> int:
+    """Copies of the fp32 dB/dC accumulators for the atomics. With one copy, the programs of a group, which
     run side by side, add into the same few addresses at the same moment, and at short L this contention
     dominated the backward (~0.9 ms at any L <= 4096 in the paper config on an H200). Up to 16 copies, within
     max(16 MiB, 4% of u's bytes) of extra memory so the peak-memory budget holds at long L."""
-    one = n_var * X.numel() * 4
     budget = max(16 * 2**20, u.numel() * u.element_size() // 25)
-    return int(max(1, min(16, dims_per_group, budget // max(one, 1))))
+    return int(max(1, min(16, programs_per_group, budget // max(one_bytes, 1))))
 
 
 def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, cfg, long_sequence):
@@ -175,65 +176,73 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, cfg, 
     dev = u.device
     (Bt, b_var, gB, sB), (Ct, c_var, gC, sC), groups = _bc_layouts(B, C, batch, dim, L)
     CH = cfg.chunk
+    # two channels per program when they share time-varying B/C (see scan_bwd_kernel)
+    pair = cfg.pair_channels_bwd and (b_var or c_var) and (dim // groups) % 2 == 0
+    cpp = 2 if pair else 1
     n_chunks = -(-L // CH)
-    S = _n_segments(long_sequence, batch * dim, cfg.warps_bwd, n_chunks, CH, cfg, dev)
+    S = _n_segments(long_sequence, batch * dim // cpp, cfg.warps_bwd, n_chunks, CH, cfg, dev)
     seg_iters = -(-n_chunks // S)
     S = -(-n_chunks // seg_iters)
-    LAST_LAUNCH.update(bwd_segments=S)
+    LAST_LAUNCH.update(bwd_segments=S, bwd_channels_per_program=cpp)
     BN = max(2, tu.next_pow2(N))
     f32 = torch.float32
     du = tu.alloc(u.shape, u.dtype, dev)
     ddelta = tu.alloc(delta.shape, delta.dtype, dev)
     dz = tu.alloc(z.shape, z.dtype, dev) if z is not None else None
-    # Time-varying B/C: fp32 atomics from every channel of a group into P copies (see _n_copies)
-    P = _n_copies(Bt if b_var else Ct, b_var + c_var, dim // groups, u) if (b_var or c_var) else 1
-    if b_var:
-        dB = torch.zeros((P,) + tuple(Bt.shape), dtype=f32, device=dev)
-        sdB = (dB.stride(0), dB.stride(1), dB.stride(2), dB.stride(3))
-    else:
-        dB = tu.alloc((batch * S, dim, N), f32, dev)
-        sdB = (0, 0, 0, 0)
-    if c_var:
-        dC = torch.zeros((P,) + tuple(Ct.shape), dtype=f32, device=dev)
-        sdC = (dC.stride(0), dC.stride(1), dC.stride(2), dC.stride(3))
-    else:
-        dC = tu.alloc((batch * S, dim, N), f32, dev)
-        sdC = (0, 0, 0, 0)
-    dA = tu.alloc((batch * S, dim, N), f32, dev)
-    dD = tu.alloc((batch * S, dim), f32, dev) if D is not None else None
-    dbias = tu.alloc((batch * S, dim), f32, dev) if delta_bias is not None else None
+    # Time-varying B/C: fp32 atomics from every program of a group into P copies (see _n_copies); both in
+    # one buffer [P, 2 or 1, batch, groups, N, L], zeroed and summed over the copies in one op each.
+    var_shape = tuple(Bt.shape) if b_var else tuple(Ct.shape)
+    n_var = b_var + c_var
+    P = _n_copies(n_var * Bt.numel() * 4 if b_var else n_var * Ct.numel() * 4, dim // groups // cpp, u) \
+        if n_var else 1
+    acc = torch.zeros((P, n_var) + var_shape, dtype=f32, device=dev) if n_var else None
+    dB = acc[:, 0] if b_var else None
+    dC = acc[:, n_var - 1] if c_var else None
+    # Per-(batch x segment, channel) partial sums, one row each: [dA | fixed dB | fixed dC | dD | d(bias)]
+    width = N * (1 + (not b_var) + (not c_var)) + (D is not None) + (delta_bias is not None)
+    part = tu.alloc((batch * S, dim, width), f32, dev)
     zz = z if z is not None else u
     dzz = dz if dz is not None else du
+    sdB = (dB.stride(0), dB.stride(1), dB.stride(2), dB.stride(3)) if b_var else (0, 0, 0, 0)
+    sdC = (dC.stride(0), dC.stride(1), dC.stride(2), dC.stride(3)) if c_var else (0, 0, 0, 0)
     common = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-                  B_VAR=b_var, C_VAR=c_var, BLOCK_N=BN, BLOCK_L=CH, num_warps=cfg.warps_bwd,
-                  SHIFT_ADJOINT=cfg.shift_adjoint)
+                  B_VAR=b_var, C_VAR=c_var, PAIR=pair, BLOCK_N=BN, BLOCK_L=CH, num_warps=cfg.warps_bwd)
     ins = (u, delta, A, Bt, Ct, D if D is not None else A, zz, delta_bias if delta_bias is not None else A, dout, ckpt)
-    sizes = (dim, L, N, dim // groups, n_chunks, seg_iters, P,
+    sizes = (dim, L, N, dim // groups, n_chunks, seg_iters, P, width,
              u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
              dout.stride(0), dout.stride(1), A.stride(0), A.stride(1), *sB, *sC, *sdB, *sdC)
+    dBp = dB if b_var else part
+    dCp = dC if c_var else part
     K = _k()
-    grid = (batch * dim, S)
+    grid = (batch * dim // cpp, S)
     carry = None
     if dlast is not None:
         dlast = dlast.to(f32).contiguous()
     if S > 1:
         muloc = tu.alloc((batch, dim, S, N), f32, dev)
         dsum = tu.alloc((batch, dim, S), f32, dev)
-        K.scan_bwd_kernel[grid](*ins, ckpt, du, ddelta, dzz, dB, dC, dA, dD if dD is not None else dA,
-                                dbias if dbias is not None else dA, muloc, dsum, *sizes,
+        K.scan_bwd_kernel[grid](*ins, ckpt, du, ddelta, dzz, dBp, dCp, part, muloc, dsum, *sizes,
                                 LOCAL=True, HAS_CARRY=False, **common)
         carry = tu.alloc((batch, dim, S, N), f32, dev)
         _carry(K, muloc, dsum, A, dlast, carry, reverse=True)
     elif dlast is not None:
         carry = dlast.view(batch, dim, 1, N)
-    K.scan_bwd_kernel[grid](*ins, carry if carry is not None else ckpt, du, ddelta, dzz, dB, dC, dA,
-                            dD if dD is not None else dA, dbias if dbias is not None else dA, dA, dA, *sizes,
-                            LOCAL=False, HAS_CARRY=carry is not None, **common)
-    dA = dA.sum(0)
-    dD = dD.sum(0) if dD is not None else None
-    dbias = dbias.sum(0) if dbias is not None else None
-    dB = dB.sum(0)  # over the batch partials (fixed B) or the atomic copies (time-varying B)
-    dC = dC.sum(0)
+    K.scan_bwd_kernel[grid](*ins, carry if carry is not None else ckpt, du, ddelta, dzz, dBp, dCp, part, part,
+                            part, *sizes, LOCAL=False, HAS_CARRY=carry is not None, **common)
+    part = part.sum(0)
+    cols = iter(part.split([N] * (1 + (not b_var) + (not c_var)) + [1] * ((D is not None) + (delta_bias is not None)),
+                           dim=1))
+    dA = next(cols)
+    dBf = next(cols) if not b_var else None
+    dCf = next(cols) if not c_var else None
+    dD = next(cols).squeeze(1) if D is not None else None
+    dbias = next(cols).squeeze(1) if delta_bias is not None else None
+    if n_var:
+        acc = acc.sum(0) if P > 1 else acc[0]
+        if b_var and c_var and B.dtype == C.dtype:
+            acc = acc.to(B.dtype)  # one conversion for both
+    dB = acc[0] if b_var else dBf
+    dC = acc[n_var - 1] if c_var else dCf
     return du, ddelta, dA, dB, dC, dD, dz, dbias
 
 
@@ -245,7 +254,7 @@ class SelectiveScanTriton(torch.autograd.Function):
         A = A.float()
         D = D.float() if D is not None else None
         bias = delta_bias.float() if delta_bias is not None else None
-        out, ckpt, _ = _fwd(u, delta, A, B, C, D, z, bias, delta_softplus, cfg, long_sequence)
+        out, ckpt, _ = _fwd(u, delta, A, B, C, D, z, bias, delta_softplus, cfg, long_sequence, True)
         ctx.save_for_backward(u, delta, A, B, C, D, z, bias, ckpt)
         ctx.cfg, ctx.long_sequence, ctx.softplus = cfg, long_sequence, delta_softplus
         if return_last_state:
@@ -276,5 +285,13 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     if u.shape[-1] == 0:
         from .reference import selective_scan_ref
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if not torch.is_grad_enabled() or not any(
+            x is not None and x.requires_grad for x in (u, delta, A, B, C, D, z, delta_bias)):
+        # inference (e.g. a prefill): no autograd node, and no state checkpoints unless the last state is asked
+        u, delta, z = _lastdim_contig(u), _lastdim_contig(delta), _lastdim_contig(z)
+        out, ckpt, _ = _fwd(u, delta, A.float(), B, C, D.float() if D is not None else None, z,
+                            delta_bias.float() if delta_bias is not None else None, delta_softplus, config,
+                            long_sequence, return_last_state)
+        return (out, ckpt[:, :, -1].clone()) if return_last_state else out
     return SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
                                      config, long_sequence)

@@ -51,7 +51,7 @@ def scan_fwd_kernel(
     s_C0, s_C1, s_C2,
     LOCAL: tl.constexpr,  # True: pass 1 of the long path, only the segment's end state (zero start) and sum(dt)
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr, STORE_CKPT: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
 ):
     pid = tl.program_id(0)  # = b * dim + d
@@ -126,27 +126,113 @@ def scan_fwd_kernel(
                 z = tl.load(z_ptr + b64 * s_zb + d * s_zd + t, mask=mt, other=0.0).to(tl.float32)
                 y = y * (z * tl.sigmoid(z))
             tl.store(out_ptr + b64 * s_ob + d * s_od + t, y, mask=mt)
-            # state checkpoints, one per CHUNK steps (the last one is the final state)
-            ck = ckpt_ptr + row * n_chunks + offs_n
-            if BLOCK_L == CHUNK:
-                tl.store(ck + it * N, h, mask=mn)
-            elif BLOCK_L > CHUNK:
-                sel = ((t % CHUNK) == CHUNK - 1) & (t < n_chunks * CHUNK)
-                tl.store(ck[:, None] + (t // CHUNK)[None, :] * N, hs, mask=mn[:, None] & sel[None, :])
-            else:
-                t_end = it * BLOCK_L + BLOCK_L
-                if (t_end % CHUNK == 0) | (t_end >= L):
-                    tl.store(ck + ((t_end - 1) // CHUNK) * N, h, mask=mn)
+            if STORE_CKPT:  # state checkpoints, one per CHUNK steps (the last one is the final state)
+                ck = ckpt_ptr + row * n_chunks + offs_n
+                if BLOCK_L == CHUNK:
+                    tl.store(ck + it * N, h, mask=mn)
+                elif BLOCK_L > CHUNK:
+                    sel = ((t % CHUNK) == CHUNK - 1) & (t < n_chunks * CHUNK)
+                    tl.store(ck[:, None] + (t // CHUNK)[None, :] * N, hs, mask=mn[:, None] & sel[None, :])
+                else:
+                    t_end = it * BLOCK_L + BLOCK_L
+                    if (t_end % CHUNK == 0) | (t_end >= L):
+                        tl.store(ck + ((t_end - 1) // CHUNK) * N, h, mask=mn)
     if LOCAL:
         tl.store(hloc_ptr + row * n_seg + seg * N + offs_n, h, mask=mn)
         tl.store(dsum_ptr + pid.to(tl.int64) * n_seg + seg, dsum)
 
 
 @triton.jit
+def _bwd_channel_chunk(t, mt, offs_l, u_base, dl_base, z_base, go_base, du_base, ddt_base, dz_base,
+                       A, A2, bias, Dv, Bx, Cx, h0, carry,
+                       LOCAL: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       SOFTPLUS: tl.constexpr, BLOCK_L: tl.constexpr):
+    """One channel, one block of steps, last block first. Bx, Cx: [BLOCK_N, BLOCK_L] tiles (time-varying) or
+    [BLOCK_N, 1] columns (fixed); h0: the state before the block (its checkpoint); carry = a_{t1} lam_{t1},
+    what the steps after the block send back into its last state. Stores du, d(delta) and dz of the block.
+    Returns (carry for the block before, lam dt u (for dB), h gy (for dC), dA part, dD part, d(bias) part);
+    with LOCAL (pass 1 of the long path) only the carry and, in the dD slot, sum(dt)."""
+    draw = tl.load(dl_base + t, mask=mt, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        draw = draw + bias
+    if SOFTPLUS:
+        dt = _softplus(draw)
+    else:
+        dt = draw
+    dt = tl.where(mt, dt, 0.0)
+    dout = tl.load(go_base + t, mask=mt, other=0.0).to(tl.float32)
+    a = tl.exp2(dt[None, :] * A2[:, None])
+    if HAS_Z:
+        z = tl.load(z_base + t, mask=mt, other=0.0).to(tl.float32)
+        sz = tl.sigmoid(z)
+        gy = dout * z * sz
+    else:
+        gy = dout
+    if not LOCAL:
+        # recompute the states of this block from its checkpoint
+        u = tl.load(u_base + t, mask=mt, other=0.0).to(tl.float32)
+        dtu = dt * u
+        x = dtu[None, :] * Bx
+        ac, xc = tl.associative_scan((a, x), axis=1, combine_fn=_combine)
+        hs = ac * h0[:, None] + xc
+        if HAS_Z:
+            y = tl.sum(hs * Cx, axis=0)
+            if HAS_D:
+                y += u * Dv
+            dz = dout * y * sz * (1.0 + z * (1.0 - sz))
+            tl.store(dz_base + t, dz, mask=mt)
+    # adjoint of the state: lam_t = gy_t C_t + a_{t+1} lam_{t+1}
+    ones = tl.full(a.shape, 1.0, tl.float32)
+    _f, kk, gg = tl.associative_scan((a, ones, gy[None, :] * Cx), axis=1, combine_fn=_combine_adjoint,
+                                     reverse=True)
+    lam = gg + kk * carry[:, None]
+    carry = tl.sum(tl.where(offs_l[None, :] == 0, a * lam, 0.0), axis=1)
+    if LOCAL:
+        return carry, a, a, A, tl.sum(dt, axis=0), 0.0
+    else:
+        w = lam * (hs - x)  # = dL/da_t * a_t  (hs - x = a_t h_{t-1})
+        s = tl.sum(lam * Bx, axis=0)  # dL/d(dt_t u_t)
+        ddt = tl.sum(w * A[:, None], axis=0) + s * u
+        du = s * dt
+        dD_part = 0.0
+        if HAS_D:
+            du += gy * Dv
+            dD_part = tl.sum(gy * u, axis=0)
+        dA_part = tl.sum(w * dt[None, :], axis=1)
+        if SOFTPLUS:
+            ddt = ddt * tl.sigmoid(draw)
+        ddt = tl.where(mt, ddt, 0.0)
+        tl.store(du_base + t, du, mask=mt)
+        tl.store(ddt_base + t, ddt, mask=mt)
+        return carry, lam * dtu[None, :], hs * gy[None, :], dA_part, dD_part, tl.sum(ddt, axis=0)
+
+
+@triton.jit
+def _channel_params(d, offs_n, mn, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, s_Ad, s_An, s_B0, s_B1, s_C0, s_C1,
+                    HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
+    """A (and A log2 e) of channel d, its bias and D (0 when absent), its fixed B and C columns (A when
+    time-varying: placeholders the caller does not use)."""
+    A = tl.load(A_ptr + d * s_Ad + offs_n * s_An, mask=mn, other=0.0).to(tl.float32)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d).to(tl.float32)
+    Dv = 0.0
+    if HAS_D:
+        Dv = tl.load(D_ptr + d).to(tl.float32)
+    Bf = A
+    if not B_VAR:
+        Bf = tl.load(B_ptr + d * s_B0 + offs_n * s_B1, mask=mn, other=0.0).to(tl.float32)
+    Cf = A
+    if not C_VAR:
+        Cf = tl.load(C_ptr + d * s_C0 + offs_n * s_C1, mask=mn, other=0.0).to(tl.float32)
+    return A, A * LOG2E, bias, Dv, Bf, Cf
+
+
+@triton.jit
 def scan_bwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dout_ptr, ckpt_ptr, carry_ptr,
-    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, muloc_ptr, dsum_ptr,
-    dim, L, N, dims_per_group, n_chunks, seg_iters, n_copies,
+    du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, part_ptr, muloc_ptr, dsum_ptr,
+    dim, L, N, dims_per_group, n_chunks, seg_iters, n_copies, s_part,
     s_ub, s_ud, s_db, s_dd, s_zb, s_zd, s_gb, s_gd,
     s_Ad, s_An,
     s_B0, s_B1, s_B2,
@@ -155,61 +241,74 @@ def scan_bwd_kernel(
     s_dCc, s_dC0, s_dC1, s_dC2,
     LOCAL: tl.constexpr,  # True: pass 1 of the long path, only the adjoint at the segment start and sum(dt)
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_CARRY: tl.constexpr, SHIFT_ADJOINT: tl.constexpr,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_CARRY: tl.constexpr, PAIR: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     # BLOCK_L is the checkpoint interval: block `it` starts from checkpoint it - 1.
+    # PAIR: the program owns channels d0 and d0 + 1 of one group. They share the B/C tiles, and their dB/dC
+    # contributions are added in registers before the atomics, which halves the atomics (the backward's
+    # largest cost at long L); the two channels' independent chains also interleave. One channel otherwise.
     pid = tl.program_id(0)
     seg = tl.program_id(1)
     n_seg = tl.num_programs(1)
-    b = pid // dim
-    d = pid % dim
+    if PAIR:
+        cpp = 2  # channels per program
+    else:
+        cpp = 1
+    progs_per_b = dim // cpp
+    b = pid // progs_per_b
+    d0 = (pid % progs_per_b) * cpp
     b64 = b.to(tl.int64)
-    g = d // dims_per_group
+    g = d0 // dims_per_group
 
     offs_n = tl.arange(0, BLOCK_N)
     offs_l = tl.arange(0, BLOCK_L)
     mn = offs_n < N
 
-    A = tl.load(A_ptr + d * s_Ad + offs_n * s_An, mask=mn, other=0.0).to(tl.float32)
-    A2 = A * LOG2E
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d).to(tl.float32)
-    if not B_VAR:
-        Bf = tl.load(B_ptr + d * s_B0 + offs_n * s_B1, mask=mn, other=0.0).to(tl.float32)
-    if not C_VAR:
-        Cf = tl.load(C_ptr + d * s_C0 + offs_n * s_C1, mask=mn, other=0.0).to(tl.float32)
-
-    row = pid.to(tl.int64) * N
-    # carry = a_{t1} * lam_{t1}: what the steps after this block send back into the block's last state
+    A_0, A2_0, bias_0, Dv_0, Bf_0, Cf_0 = _channel_params(d0, offs_n, mn, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
+                                                         s_Ad, s_An, s_B0, s_B1, s_C0, s_C1,
+                                                         HAS_D, HAS_BIAS, B_VAR, C_VAR)
+    # state-sized buffers: [batch, dim, S or n_chunks, N] contiguous; `row` = start of (b, d) in N-slots
+    row_0 = (b64 * dim + d0) * N
     if HAS_CARRY:
-        carry = tl.load(carry_ptr + row * n_seg + seg * N + offs_n, mask=mn, other=0.0)
+        carry_0 = tl.load(carry_ptr + row_0 * n_seg + seg * N + offs_n, mask=mn, other=0.0)
     else:
-        carry = tl.zeros([BLOCK_N], dtype=tl.float32)
-    if LOCAL:
-        dsum = 0.0
-    else:
-        dA_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-        dD_acc = 0.0
-        dbias_acc = 0.0
-        if not B_VAR:
-            dBf_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-        if not C_VAR:
-            dCf_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        carry_0 = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc_n_0 = tl.zeros([BLOCK_N], dtype=tl.float32)  # dA
+    acc_B_0 = tl.zeros([BLOCK_N], dtype=tl.float32)  # fixed dB
+    acc_C_0 = tl.zeros([BLOCK_N], dtype=tl.float32)  # fixed dC
+    acc_D_0 = 0.0  # dD (LOCAL: sum of dt)
+    acc_b_0 = 0.0  # d(delta_bias)
+    if PAIR:
+        d1 = d0 + 1
+        A_1, A2_1, bias_1, Dv_1, Bf_1, Cf_1 = _channel_params(d1, offs_n, mn, A_ptr, B_ptr, C_ptr, D_ptr,
+                                                             bias_ptr, s_Ad, s_An, s_B0, s_B1, s_C0, s_C1,
+                                                             HAS_D, HAS_BIAS, B_VAR, C_VAR)
+        row_1 = row_0 + N
+        if HAS_CARRY:
+            carry_1 = tl.load(carry_ptr + row_1 * n_seg + seg * N + offs_n, mask=mn, other=0.0)
+        else:
+            carry_1 = tl.zeros([BLOCK_N], dtype=tl.float32)
+        acc_n_1 = tl.zeros([BLOCK_N], dtype=tl.float32)
+        acc_B_1 = tl.zeros([BLOCK_N], dtype=tl.float32)
+        acc_C_1 = tl.zeros([BLOCK_N], dtype=tl.float32)
+        acc_D_1 = 0.0
+        acc_b_1 = 0.0
 
-    u_base = u_ptr + b64 * s_ub + d * s_ud
-    dl_base = delta_ptr + b64 * s_db + d * s_dd
-    z_base = z_ptr + b64 * s_zb + d * s_zd
+    off_u = b64 * s_ub + d0 * s_ud
+    off_d = b64 * s_db + d0 * s_dd
+    off_z = b64 * s_zb + d0 * s_zd
+    off_g = b64 * s_gb + d0 * s_gd
     if B_VAR:
         B_base = B_ptr + b64 * s_B0 + g * s_B1 + offs_n[:, None] * s_B2
-        # channel d adds into copy d % n_copies: neighbouring channels run at the same time and would
-        # otherwise all hit the same addresses (summed over the copies afterwards)
-        dB_base = dB_ptr + (d % n_copies) * s_dBc + b64 * s_dB0 + g * s_dB1 + offs_n[:, None] * s_dB2
+        # neighbouring programs run at the same time and would otherwise all hit the same addresses: each
+        # adds into copy (d0 // cpp) % n_copies (summed over the copies afterwards)
+        copy = (d0 // cpp) % n_copies
+        dB_base = dB_ptr + copy * s_dBc + b64 * s_dB0 + g * s_dB1 + offs_n[:, None] * s_dB2
     if C_VAR:
         C_base = C_ptr + b64 * s_C0 + g * s_C1 + offs_n[:, None] * s_C2
-        dC_base = dC_ptr + (d % n_copies) * s_dCc + b64 * s_dC0 + g * s_dC1 + offs_n[:, None] * s_dC2
+        copy = (d0 // cpp) % n_copies
+        dC_base = dC_ptr + copy * s_dCc + b64 * s_dC0 + g * s_dC1 + offs_n[:, None] * s_dC2
     it0 = seg * seg_iters
     it1 = tl.minimum(it0 + seg_iters, tl.cdiv(L, BLOCK_L))
     for j in range(0, it1 - it0):
@@ -217,106 +316,94 @@ def scan_bwd_kernel(
         t = it * BLOCK_L + offs_l
         mt = t < L
         mnt = mn[:, None] & mt[None, :]
-        draw = tl.load(dl_base + t, mask=mt, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            draw = draw + bias
-        if SOFTPLUS:
-            dt = _softplus(draw)
+        if B_VAR:
+            Bx = tl.load(B_base + t[None, :], mask=mnt, other=0.0).to(tl.float32)
+            Bx_0 = Bx
+            Bx_1 = Bx
         else:
-            dt = draw
-        dt = tl.where(mt, dt, 0.0)
-        dout = tl.load(dout_ptr + b64 * s_gb + d * s_gd + t, mask=mt, other=0.0).to(tl.float32)
-        a = tl.exp2(dt[None, :] * A2[:, None])
+            Bx_0 = Bf_0[:, None]
+            if PAIR:
+                Bx_1 = Bf_1[:, None]
         if C_VAR:
             Cx = tl.load(C_base + t[None, :], mask=mnt, other=0.0).to(tl.float32)
+            Cx_0 = Cx
+            Cx_1 = Cx
         else:
-            Cx = Cf[:, None]
-        if HAS_Z:
-            z = tl.load(z_base + t, mask=mt, other=0.0).to(tl.float32)
-            sz = tl.sigmoid(z)
-            gy = dout * z * sz
-        else:
-            gy = dout
+            Cx_0 = Cf_0[:, None]
+            if PAIR:
+                Cx_1 = Cf_1[:, None]
+        ck = ckpt_ptr + tl.maximum(it - 1, 0) * N + offs_n
+        h0_0 = tl.where(it > 0, tl.load(ck + row_0 * n_chunks, mask=mn, other=0.0), 0.0)
+        carry_0, lx, hg, dA_p, dD_p, db_p = _bwd_channel_chunk(
+            t, mt, offs_l, u_ptr + off_u, delta_ptr + off_d, z_ptr + off_z, dout_ptr + off_g,
+            du_ptr + off_u, ddelta_ptr + off_d, dz_ptr + off_z, A_0, A2_0, bias_0, Dv_0, Bx_0, Cx_0, h0_0,
+            carry_0, LOCAL, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_L)
+        acc_n_0 += dA_p
+        acc_D_0 += dD_p
+        acc_b_0 += db_p
         if not LOCAL:
-            # recompute the states of this block from its checkpoint
-            u = tl.load(u_base + t, mask=mt, other=0.0).to(tl.float32)
-            dtu = dt * u
-            if B_VAR:
-                Bx = tl.load(B_base + t[None, :], mask=mnt, other=0.0).to(tl.float32)
-            else:
-                Bx = Bf[:, None]
-            x = dtu[None, :] * Bx
-            h0 = tl.load(ckpt_ptr + row * n_chunks + tl.maximum(it - 1, 0) * N + offs_n, mask=mn, other=0.0)
-            h0 = tl.where(it > 0, h0, 0.0)
-            ac, xc = tl.associative_scan((a, x), axis=1, combine_fn=_combine)
-            hs = ac * h0[:, None] + xc
-            if HAS_Z:
-                y = tl.sum(hs * Cx, axis=0)
-                if HAS_D:
-                    y += u * Dv
-                dz = dout * y * sz * (1.0 + z * (1.0 - sz))
-                tl.store(dz_ptr + b64 * s_zb + d * s_zd + t, dz, mask=mt)
-        # adjoint of the state: lam_t = gy_t C_t + a_{t+1} lam_{t+1}
-        if SHIFT_ADJOINT:
-            # the decay one step ahead, recomputed from delta at t + 1 (1 at the block's last step, where
-            # `carry` stands for what comes after): a plain pair scan instead of a triple one
-            mt1 = (offs_l < BLOCK_L - 1) & (t + 1 < L)
-            dn = tl.load(dl_base + t + 1, mask=mt1, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dn = dn + bias
-            if SOFTPLUS:
-                dn = _softplus(dn)
-            dn = tl.where(mt1, dn, 0.0)
-            a_next = tl.exp2(dn[None, :] * A2[:, None])
-            kk, gg = tl.associative_scan((a_next, gy[None, :] * Cx), axis=1, combine_fn=_combine, reverse=True)
-        else:
-            ones = tl.full([BLOCK_N, BLOCK_L], 1.0, tl.float32)
-            _f, kk, gg = tl.associative_scan((a, ones, gy[None, :] * Cx), axis=1, combine_fn=_combine_adjoint,
-                                             reverse=True)
-        lam = gg + kk * carry[:, None]
-        carry = tl.sum(tl.where(offs_l[None, :] == 0, a * lam, 0.0), axis=1)
-        if LOCAL:
-            dsum += tl.sum(dt, axis=0)
-        else:
-            w = lam * (hs - x)  # = dL/da_t * a_t  (hs - x = a_t h_{t-1})
-            s = tl.sum(lam * Bx, axis=0)  # dL/d(dt_t u_t)
-            ddt = tl.sum(w * A[:, None], axis=0) + s * u
-            du = s * dt
-            if HAS_D:
-                du += gy * Dv
-                dD_acc += tl.sum(gy * u, axis=0)
-            dA_acc += tl.sum(w * dt[None, :], axis=1)
-            lx = lam * dtu[None, :]
+            if not B_VAR:
+                acc_B_0 += tl.sum(lx, axis=1)
+            if not C_VAR:
+                acc_C_0 += tl.sum(hg, axis=1)
+        if PAIR:
+            h0_1 = tl.where(it > 0, tl.load(ck + row_1 * n_chunks, mask=mn, other=0.0), 0.0)
+            carry_1, lx1, hg1, dA_p, dD_p, db_p = _bwd_channel_chunk(
+                t, mt, offs_l, u_ptr + off_u + s_ud, delta_ptr + off_d + s_dd, z_ptr + off_z + s_zd,
+                dout_ptr + off_g + s_gd, du_ptr + off_u + s_ud, ddelta_ptr + off_d + s_dd, dz_ptr + off_z + s_zd,
+                A_1, A2_1, bias_1, Dv_1, Bx_1, Cx_1, h0_1, carry_1, LOCAL, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
+                BLOCK_L)
+            acc_n_1 += dA_p
+            acc_D_1 += dD_p
+            acc_b_1 += db_p
+            if not LOCAL:
+                if B_VAR:
+                    lx += lx1
+                else:
+                    acc_B_1 += tl.sum(lx1, axis=1)
+                if C_VAR:
+                    hg += hg1
+                else:
+                    acc_C_1 += tl.sum(hg1, axis=1)
+        if not LOCAL:
             if B_VAR:
                 tl.atomic_add(dB_base + t[None, :], lx, mask=mnt, sem="relaxed")
-            else:
-                dBf_acc += tl.sum(lx, axis=1)
-            hg = hs * gy[None, :]
             if C_VAR:
                 tl.atomic_add(dC_base + t[None, :], hg, mask=mnt, sem="relaxed")
-            else:
-                dCf_acc += tl.sum(hg, axis=1)
-            if SOFTPLUS:
-                ddt = ddt * tl.sigmoid(draw)
-            ddt = tl.where(mt, ddt, 0.0)
-            dbias_acc += tl.sum(ddt, axis=0)
-            tl.store(du_ptr + b64 * s_ub + d * s_ud + t, du, mask=mt)
-            tl.store(ddelta_ptr + b64 * s_db + d * s_dd + t, ddt, mask=mt)
-    # per-(b, segment) partial sums: [batch * n_seg, dim, ...], summed by the wrapper
-    prow = (b64 * n_seg + seg) * dim + d
+    _bwd_channel_out(b64, d0, seg, n_seg, dim, N, row_0, offs_n, mn, carry_0, acc_n_0, acc_B_0, acc_C_0,
+                     acc_D_0, acc_b_0, part_ptr, s_part, muloc_ptr, dsum_ptr,
+                     LOCAL, HAS_D, HAS_BIAS, B_VAR, C_VAR)
+    if PAIR:
+        _bwd_channel_out(b64, d0 + 1, seg, n_seg, dim, N, row_1, offs_n, mn, carry_1, acc_n_1, acc_B_1, acc_C_1,
+                         acc_D_1, acc_b_1, part_ptr, s_part, muloc_ptr, dsum_ptr,
+                         LOCAL, HAS_D, HAS_BIAS, B_VAR, C_VAR)
+
+
+@triton.jit
+def _bwd_channel_out(b64, d, seg, n_seg, dim, N, row, offs_n, mn, carry, acc_n, acc_B, acc_C, acc_D, acc_b,
+                     part_ptr, s_part, muloc_ptr, dsum_ptr, LOCAL: tl.constexpr, HAS_D: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, B_VAR: tl.constexpr, C_VAR: tl.constexpr):
+    """A channel's results. LOCAL: the adjoint entering its segment and the segment's sum(dt). Otherwise its
+    partial sums, one row of `part` per (batch, segment, channel): [dA (N) | fixed dB (N) | fixed dC (N) | dD |
+    d(bias)] (columns present only for what exists), summed over batch and segments by the wrapper."""
     if LOCAL:
         tl.store(muloc_ptr + row * n_seg + seg * N + offs_n, carry, mask=mn)
-        tl.store(dsum_ptr + pid.to(tl.int64) * n_seg + seg, dsum)
+        tl.store(dsum_ptr + (b64 * dim + d) * n_seg + seg, acc_D)
     else:
-        tl.store(dA_ptr + prow * N + offs_n, dA_acc, mask=mn)
-        if HAS_D:
-            tl.store(dD_ptr + prow, dD_acc)
-        if HAS_BIAS:
-            tl.store(dbias_ptr + prow, dbias_acc)
+        p = part_ptr + ((b64 * n_seg + seg) * dim + d) * s_part
+        tl.store(p + offs_n, acc_n, mask=mn)
+        col = N
         if not B_VAR:
-            tl.store(dB_ptr + prow * N + offs_n, dBf_acc, mask=mn)
+            tl.store(p + col + offs_n, acc_B, mask=mn)
+            col += N
         if not C_VAR:
-            tl.store(dC_ptr + prow * N + offs_n, dCf_acc, mask=mn)
+            tl.store(p + col + offs_n, acc_C, mask=mn)
+            col += N
+        if HAS_D:
+            tl.store(p + col, acc_D)
+            col += 1
+        if HAS_BIAS:
+            tl.store(p + col, acc_b)
 
 
 @triton.jit

@@ -18,6 +18,7 @@ Three things live here:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import sys
@@ -62,8 +63,13 @@ def next_pow2(n: int) -> int:
 
 def num_sms(device: torch.device) -> int:
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
+        return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
     return 132  # the interpreter: pretend to be an H200 so the heuristics take the same branches
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sms(index: int) -> int:  # cached: the query costs microseconds on every call of a kernel wrapper
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 _scan_patched = False
