@@ -36,6 +36,7 @@ import torch.nn.functional as F
 import triton
 from triton.testing import do_bench
 
+from ssmbench.env import git_commit
 from ssmbench.kernels.selective_scan import triton_scan as ts
 from ssmbench.kernels.selective_scan.triton_scan import ScanConfig, selective_scan_triton
 
@@ -69,7 +70,7 @@ def env_info():
     p = torch.cuda.get_device_properties(0)
     return dict(gpu=torch.cuda.get_device_name(0), sms=p.multi_processor_count, torch=torch.__version__,
                 triton=triton.__version__, cuda=torch.version.cuda, python=platform.python_version(),
-                date=time.strftime("%Y-%m-%d %H:%M:%S"))
+                date=time.strftime("%Y-%m-%d %H:%M:%S"), commit=git_commit())
 
 
 def copy_bandwidth():

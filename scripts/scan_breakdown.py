@@ -144,7 +144,10 @@ def host():
         inp = inputs(b, d, L)
         f = fwd_fn(inp)
         fb, grads = fwdbwd_fn(inp)
+        args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
         rows.append(dict(B=b, D=d, L=L, fwd_gpu=gpu_ms(f), fwd_host=host_ms(f),
+                         fwd_kernel_ckpt=gpu_ms(lambda: ts._fwd(*args, True, ts.DEFAULT_CONFIG, None, True)),
+                         fwd_kernel_no_ckpt=gpu_ms(lambda: ts._fwd(*args, True, ts.DEFAULT_CONFIG, None, False)),
                          fwdbwd_gpu=gpu_ms(fb, grads), fwdbwd_host=host_ms(fb, grads)))
         del inp, f, fb, grads
         torch.cuda.empty_cache()
@@ -240,11 +243,9 @@ def variants():
     base = ts.DEFAULT_CONFIG
     import dataclasses
     cfgs = {
-        "default (pairs)": base,
-        "one channel per program": dataclasses.replace(base, pair_channels_bwd=False),
-        "pairs, chunk 32": dataclasses.replace(base, chunk=32),
-        "pairs, 2 warps": dataclasses.replace(base, warps_bwd=2),
-        "pairs, chunk 128, 2 warps": dataclasses.replace(base, chunk=128, warps_bwd=2),
+        "default": base,
+        "chunk 32": dataclasses.replace(base, chunk=32),
+        "chunk 128, 2 warps": dataclasses.replace(base, chunk=128, warps_bwd=2),
     }
     rows = []
     orig_k = ts._k
@@ -263,11 +264,10 @@ def variants():
             rows.append(r)
             if hasattr(ts._k().scan_bwd_kernel, "device_caches"):  # so the next row lists its own kernels
                 ts._k().scan_bwd_kernel.device_caches.clear()
-        for name, pair in [("no dB/dC atomics, pairs (wrong grads)", True),
-                           ("no dB/dC atomics, one channel (wrong grads)", False)]:
+        for name in ["no dB/dC atomics (wrong grads)"]:
             kmod = _patched_kernels(True)
             ts._k = lambda m=kmod: m
-            cfg = dataclasses.replace(base, pair_channels_bwd=pair)
+            cfg = base
             r = dict(variant=name)
             for (b, d, L) in shapes:
                 inp = inputs(b, d, L)

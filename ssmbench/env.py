@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -12,6 +13,10 @@ import torch
 
 @functools.lru_cache(maxsize=None)
 def git_commit() -> str:
+    """The checkout's commit (+dirty), or SSMBENCH_COMMIT where the code runs from a copy without .git (a lent
+    GPU machine gets the working tree alone: scripts/gpu_profile_all.sh passes the commit along this way)."""
+    if os.environ.get("SSMBENCH_COMMIT"):
+        return os.environ["SSMBENCH_COMMIT"]
     here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True,

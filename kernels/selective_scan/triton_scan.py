@@ -55,7 +55,6 @@ class ScanConfig:
     min_seg_len: int = 4096  # long path: shortest segment (steps)
     split_below_warps_per_sm: int = 4  # long path: taken when one segment per channel gives fewer warps per SM
     target_warps_per_sm: int = 128  # long path: split until this many warps per SM are resident
-    pair_channels_bwd: bool = True  # backward: one program per two channels of a group (time-varying B/C)
 
 
 DEFAULT_CONFIG = ScanConfig()
@@ -161,13 +160,13 @@ def _carry(K, loc, dsum, A, init, out, reverse):
                          num_warps=1)
 
 
-def _n_copies(one_bytes: int, programs_per_group: int, u: torch.Tensor) -> int:
-    """Copies of the fp32 dB/dC accumulators for the atomics. With one copy, the programs of a group, which
+def _n_copies(one_bytes: int, dims_per_group: int, u: torch.Tensor) -> int:
+    """Copies of the fp32 dB/dC accumulators for the atomics. With one copy, the channels of a group, which
     run side by side, add into the same few addresses at the same moment, and at short L this contention
     dominated the backward (~0.9 ms at any L <= 4096 in the paper config on an H200). Up to 16 copies, within
     max(16 MiB, 4% of u's bytes) of extra memory so the peak-memory budget holds at long L."""
     budget = max(16 * 2**20, u.numel() * u.element_size() // 25)
-    return int(max(1, min(16, programs_per_group, budget // max(one_bytes, 1))))
+    return int(max(1, min(16, dims_per_group, budget // max(one_bytes, 1))))
 
 
 def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, cfg, long_sequence):
@@ -176,24 +175,21 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, cfg, 
     dev = u.device
     (Bt, b_var, gB, sB), (Ct, c_var, gC, sC), groups = _bc_layouts(B, C, batch, dim, L)
     CH = cfg.chunk
-    # two channels per program when they share time-varying B/C (see scan_bwd_kernel)
-    pair = cfg.pair_channels_bwd and (b_var or c_var) and (dim // groups) % 2 == 0
-    cpp = 2 if pair else 1
     n_chunks = -(-L // CH)
-    S = _n_segments(long_sequence, batch * dim // cpp, cfg.warps_bwd, n_chunks, CH, cfg, dev)
+    S = _n_segments(long_sequence, batch * dim, cfg.warps_bwd, n_chunks, CH, cfg, dev)
     seg_iters = -(-n_chunks // S)
     S = -(-n_chunks // seg_iters)
-    LAST_LAUNCH.update(bwd_segments=S, bwd_channels_per_program=cpp)
+    LAST_LAUNCH.update(bwd_segments=S)
     BN = max(2, tu.next_pow2(N))
     f32 = torch.float32
     du = tu.alloc(u.shape, u.dtype, dev)
     ddelta = tu.alloc(delta.shape, delta.dtype, dev)
     dz = tu.alloc(z.shape, z.dtype, dev) if z is not None else None
-    # Time-varying B/C: fp32 atomics from every program of a group into P copies (see _n_copies); both in
+    # Time-varying B/C: fp32 atomics from every channel of a group into P copies (see _n_copies); both in
     # one buffer [P, 2 or 1, batch, groups, N, L], zeroed and summed over the copies in one op each.
     var_shape = tuple(Bt.shape) if b_var else tuple(Ct.shape)
     n_var = b_var + c_var
-    P = _n_copies(n_var * Bt.numel() * 4 if b_var else n_var * Ct.numel() * 4, dim // groups // cpp, u) \
+    P = _n_copies(n_var * Bt.numel() * 4 if b_var else n_var * Ct.numel() * 4, dim // groups, u) \
         if n_var else 1
     acc = torch.zeros((P, n_var) + var_shape, dtype=f32, device=dev) if n_var else None
     dB = acc[:, 0] if b_var else None
@@ -206,7 +202,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, cfg, 
     sdB = (dB.stride(0), dB.stride(1), dB.stride(2), dB.stride(3)) if b_var else (0, 0, 0, 0)
     sdC = (dC.stride(0), dC.stride(1), dC.stride(2), dC.stride(3)) if c_var else (0, 0, 0, 0)
     common = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-                  B_VAR=b_var, C_VAR=c_var, PAIR=pair, BLOCK_N=BN, BLOCK_L=CH, num_warps=cfg.warps_bwd)
+                  B_VAR=b_var, C_VAR=c_var, BLOCK_N=BN, BLOCK_L=CH, num_warps=cfg.warps_bwd)
     ins = (u, delta, A, Bt, Ct, D if D is not None else A, zz, delta_bias if delta_bias is not None else A, dout, ckpt)
     sizes = (dim, L, N, dim // groups, n_chunks, seg_iters, P, width,
              u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
@@ -214,7 +210,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, cfg, 
     dBp = dB if b_var else part
     dCp = dC if c_var else part
     K = _k()
-    grid = (batch * dim // cpp, S)
+    grid = (batch * dim, S)
     carry = None
     if dlast is not None:
         dlast = dlast.to(f32).contiguous()

@@ -241,74 +241,48 @@ def scan_bwd_kernel(
     s_dCc, s_dC0, s_dC1, s_dC2,
     LOCAL: tl.constexpr,  # True: pass 1 of the long path, only the adjoint at the segment start and sum(dt)
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_CARRY: tl.constexpr, PAIR: tl.constexpr,
+    B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_CARRY: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     # BLOCK_L is the checkpoint interval: block `it` starts from checkpoint it - 1.
-    # PAIR: the program owns channels d0 and d0 + 1 of one group. They share the B/C tiles, and their dB/dC
-    # contributions are added in registers before the atomics, which halves the atomics (the backward's
-    # largest cost at long L); the two channels' independent chains also interleave. One channel otherwise.
-    pid = tl.program_id(0)
+    pid = tl.program_id(0)  # = b * dim + d
     seg = tl.program_id(1)
     n_seg = tl.num_programs(1)
-    if PAIR:
-        cpp = 2  # channels per program
-    else:
-        cpp = 1
-    progs_per_b = dim // cpp
-    b = pid // progs_per_b
-    d0 = (pid % progs_per_b) * cpp
+    b = pid // dim
+    d = pid % dim
     b64 = b.to(tl.int64)
-    g = d0 // dims_per_group
+    g = d // dims_per_group
 
     offs_n = tl.arange(0, BLOCK_N)
     offs_l = tl.arange(0, BLOCK_L)
     mn = offs_n < N
 
-    A_0, A2_0, bias_0, Dv_0, Bf_0, Cf_0 = _channel_params(d0, offs_n, mn, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
-                                                         s_Ad, s_An, s_B0, s_B1, s_C0, s_C1,
-                                                         HAS_D, HAS_BIAS, B_VAR, C_VAR)
+    A, A2, bias, Dv, Bf, Cf = _channel_params(d, offs_n, mn, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, s_Ad, s_An,
+                                              s_B0, s_B1, s_C0, s_C1, HAS_D, HAS_BIAS, B_VAR, C_VAR)
     # state-sized buffers: [batch, dim, S or n_chunks, N] contiguous; `row` = start of (b, d) in N-slots
-    row_0 = (b64 * dim + d0) * N
+    row = pid.to(tl.int64) * N
     if HAS_CARRY:
-        carry_0 = tl.load(carry_ptr + row_0 * n_seg + seg * N + offs_n, mask=mn, other=0.0)
+        carry = tl.load(carry_ptr + row * n_seg + seg * N + offs_n, mask=mn, other=0.0)
     else:
-        carry_0 = tl.zeros([BLOCK_N], dtype=tl.float32)
-    acc_n_0 = tl.zeros([BLOCK_N], dtype=tl.float32)  # dA
-    acc_B_0 = tl.zeros([BLOCK_N], dtype=tl.float32)  # fixed dB
-    acc_C_0 = tl.zeros([BLOCK_N], dtype=tl.float32)  # fixed dC
-    acc_D_0 = 0.0  # dD (LOCAL: sum of dt)
-    acc_b_0 = 0.0  # d(delta_bias)
-    if PAIR:
-        d1 = d0 + 1
-        A_1, A2_1, bias_1, Dv_1, Bf_1, Cf_1 = _channel_params(d1, offs_n, mn, A_ptr, B_ptr, C_ptr, D_ptr,
-                                                             bias_ptr, s_Ad, s_An, s_B0, s_B1, s_C0, s_C1,
-                                                             HAS_D, HAS_BIAS, B_VAR, C_VAR)
-        row_1 = row_0 + N
-        if HAS_CARRY:
-            carry_1 = tl.load(carry_ptr + row_1 * n_seg + seg * N + offs_n, mask=mn, other=0.0)
-        else:
-            carry_1 = tl.zeros([BLOCK_N], dtype=tl.float32)
-        acc_n_1 = tl.zeros([BLOCK_N], dtype=tl.float32)
-        acc_B_1 = tl.zeros([BLOCK_N], dtype=tl.float32)
-        acc_C_1 = tl.zeros([BLOCK_N], dtype=tl.float32)
-        acc_D_1 = 0.0
-        acc_b_1 = 0.0
+        carry = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc_n = tl.zeros([BLOCK_N], dtype=tl.float32)  # dA
+    acc_B = tl.zeros([BLOCK_N], dtype=tl.float32)  # fixed dB
+    acc_C = tl.zeros([BLOCK_N], dtype=tl.float32)  # fixed dC
+    acc_D = 0.0  # dD (LOCAL: sum of dt)
+    acc_b = 0.0  # d(delta_bias)
 
-    off_u = b64 * s_ub + d0 * s_ud
-    off_d = b64 * s_db + d0 * s_dd
-    off_z = b64 * s_zb + d0 * s_zd
-    off_g = b64 * s_gb + d0 * s_gd
+    off_u = b64 * s_ub + d * s_ud
+    off_d = b64 * s_db + d * s_dd
+    off_z = b64 * s_zb + d * s_zd
+    off_g = b64 * s_gb + d * s_gd
     if B_VAR:
         B_base = B_ptr + b64 * s_B0 + g * s_B1 + offs_n[:, None] * s_B2
-        # neighbouring programs run at the same time and would otherwise all hit the same addresses: each
-        # adds into copy (d0 // cpp) % n_copies (summed over the copies afterwards)
-        copy = (d0 // cpp) % n_copies
-        dB_base = dB_ptr + copy * s_dBc + b64 * s_dB0 + g * s_dB1 + offs_n[:, None] * s_dB2
+        # channel d adds into copy d % n_copies: neighbouring channels run at the same time and would
+        # otherwise all hit the same addresses (summed over the copies afterwards)
+        dB_base = dB_ptr + (d % n_copies) * s_dBc + b64 * s_dB0 + g * s_dB1 + offs_n[:, None] * s_dB2
     if C_VAR:
         C_base = C_ptr + b64 * s_C0 + g * s_C1 + offs_n[:, None] * s_C2
-        copy = (d0 // cpp) % n_copies
-        dC_base = dC_ptr + copy * s_dCc + b64 * s_dC0 + g * s_dC1 + offs_n[:, None] * s_dC2
+        dC_base = dC_ptr + (d % n_copies) * s_dCc + b64 * s_dC0 + g * s_dC1 + offs_n[:, None] * s_dC2
     it0 = seg * seg_iters
     it1 = tl.minimum(it0 + seg_iters, tl.cdiv(L, BLOCK_L))
     for j in range(0, it1 - it0):
@@ -318,65 +292,32 @@ def scan_bwd_kernel(
         mnt = mn[:, None] & mt[None, :]
         if B_VAR:
             Bx = tl.load(B_base + t[None, :], mask=mnt, other=0.0).to(tl.float32)
-            Bx_0 = Bx
-            Bx_1 = Bx
         else:
-            Bx_0 = Bf_0[:, None]
-            if PAIR:
-                Bx_1 = Bf_1[:, None]
+            Bx = Bf[:, None]
         if C_VAR:
             Cx = tl.load(C_base + t[None, :], mask=mnt, other=0.0).to(tl.float32)
-            Cx_0 = Cx
-            Cx_1 = Cx
         else:
-            Cx_0 = Cf_0[:, None]
-            if PAIR:
-                Cx_1 = Cf_1[:, None]
-        ck = ckpt_ptr + tl.maximum(it - 1, 0) * N + offs_n
-        h0_0 = tl.where(it > 0, tl.load(ck + row_0 * n_chunks, mask=mn, other=0.0), 0.0)
-        carry_0, lx, hg, dA_p, dD_p, db_p = _bwd_channel_chunk(
+            Cx = Cf[:, None]
+        h0 = tl.load(ckpt_ptr + row * n_chunks + tl.maximum(it - 1, 0) * N + offs_n, mask=mn, other=0.0)
+        h0 = tl.where(it > 0, h0, 0.0)
+        carry, lx, hg, dA_p, dD_p, db_p = _bwd_channel_chunk(
             t, mt, offs_l, u_ptr + off_u, delta_ptr + off_d, z_ptr + off_z, dout_ptr + off_g,
-            du_ptr + off_u, ddelta_ptr + off_d, dz_ptr + off_z, A_0, A2_0, bias_0, Dv_0, Bx_0, Cx_0, h0_0,
-            carry_0, LOCAL, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_L)
-        acc_n_0 += dA_p
-        acc_D_0 += dD_p
-        acc_b_0 += db_p
+            du_ptr + off_u, ddelta_ptr + off_d, dz_ptr + off_z, A, A2, bias, Dv, Bx, Cx, h0,
+            carry, LOCAL, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_L)
+        acc_D += dD_p
         if not LOCAL:
-            if not B_VAR:
-                acc_B_0 += tl.sum(lx, axis=1)
-            if not C_VAR:
-                acc_C_0 += tl.sum(hg, axis=1)
-        if PAIR:
-            h0_1 = tl.where(it > 0, tl.load(ck + row_1 * n_chunks, mask=mn, other=0.0), 0.0)
-            carry_1, lx1, hg1, dA_p, dD_p, db_p = _bwd_channel_chunk(
-                t, mt, offs_l, u_ptr + off_u + s_ud, delta_ptr + off_d + s_dd, z_ptr + off_z + s_zd,
-                dout_ptr + off_g + s_gd, du_ptr + off_u + s_ud, ddelta_ptr + off_d + s_dd, dz_ptr + off_z + s_zd,
-                A_1, A2_1, bias_1, Dv_1, Bx_1, Cx_1, h0_1, carry_1, LOCAL, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS,
-                BLOCK_L)
-            acc_n_1 += dA_p
-            acc_D_1 += dD_p
-            acc_b_1 += db_p
-            if not LOCAL:
-                if B_VAR:
-                    lx += lx1
-                else:
-                    acc_B_1 += tl.sum(lx1, axis=1)
-                if C_VAR:
-                    hg += hg1
-                else:
-                    acc_C_1 += tl.sum(hg1, axis=1)
-        if not LOCAL:
+            acc_n += dA_p
+            acc_b += db_p
             if B_VAR:
                 tl.atomic_add(dB_base + t[None, :], lx, mask=mnt, sem="relaxed")
+            else:
+                acc_B += tl.sum(lx, axis=1)
             if C_VAR:
                 tl.atomic_add(dC_base + t[None, :], hg, mask=mnt, sem="relaxed")
-    _bwd_channel_out(b64, d0, seg, n_seg, dim, N, row_0, offs_n, mn, carry_0, acc_n_0, acc_B_0, acc_C_0,
-                     acc_D_0, acc_b_0, part_ptr, s_part, muloc_ptr, dsum_ptr,
-                     LOCAL, HAS_D, HAS_BIAS, B_VAR, C_VAR)
-    if PAIR:
-        _bwd_channel_out(b64, d0 + 1, seg, n_seg, dim, N, row_1, offs_n, mn, carry_1, acc_n_1, acc_B_1, acc_C_1,
-                         acc_D_1, acc_b_1, part_ptr, s_part, muloc_ptr, dsum_ptr,
-                         LOCAL, HAS_D, HAS_BIAS, B_VAR, C_VAR)
+            else:
+                acc_C += tl.sum(hg, axis=1)
+    _bwd_channel_out(b64, d, seg, n_seg, dim, N, row, offs_n, mn, carry, acc_n, acc_B, acc_C, acc_D, acc_b,
+                     part_ptr, s_part, muloc_ptr, dsum_ptr, LOCAL, HAS_D, HAS_BIAS, B_VAR, C_VAR)
 
 
 @triton.jit

@@ -120,19 +120,6 @@ def test_forward_block_multiple_of_chunk():
     check(make_inputs(1, 2, 300, 4, seed=13), config=ScanConfig(block_l_fwd=128, chunk=32), long_sequence=True)
 
 
-@pytest.mark.parametrize("bc", ["var", "mixed"])
-@pytest.mark.parametrize("long_sequence", [False, True])
-def test_channel_pairs_in_backward(bc, long_sequence):
-    # one program per two channels (shared B/C tiles, dB/dC summed before the atomics) and one per channel
-    # give the same gradients: 4 channels in 2 groups, a tail block, the carries, a final-state gradient
-    from ssmbench.kernels.selective_scan.triton_scan import ScanConfig
-    for pair in (True, False):
-        cfg = ScanConfig(block_l_fwd=32, chunk=64, min_seg_len=64, pair_channels_bwd=pair)
-        launch = check(make_inputs(2, 4, 301, 3, bc="groups" if bc == "var" else bc, groups=2 if bc == "var" else 1,
-                                   seed=15), config=cfg, long_sequence=long_sequence)
-        assert launch["bwd_channels_per_program"] == (2 if pair else 1)
-
-
 def test_noncontiguous_inputs():
     inp = make_inputs(2, 3, 50, 4, seed=14)
     inp["u"] = inp["u"].transpose(1, 2).contiguous().transpose(1, 2)  # [batch, L, dim] memory, viewed
