@@ -97,16 +97,56 @@ class MambaBlock(Block):
         # S6 takes the gate inside its scan (fused: one pass over y); other layers are gated here.
         self.fuse_gate = getattr(self.layer, "fuses_gate", False)
 
+    # "auto": the channel-major path (mix_channel_major) on CUDA for S6, the token-major one elsewhere;
+    # "channel"/"token" force one (tests compare them).
+    layout: str = "auto"
+
     def _conv(self, x):
         """x: [B, L, E] -> silu(causal depthwise conv(x)), [B, L, E]."""
         L = x.shape[1]
         return F.silu(self.conv(x.transpose(1, 2))[..., :L].transpose(1, 2))
 
+    def _channel_major(self, x) -> bool:
+        if self.layout not in ("auto", "channel", "token"):
+            raise ValueError(f"MambaBlock.layout={self.layout!r} is not one of ('auto', 'channel', 'token')")
+        if not self.fuse_gate or self.layout == "token":
+            return False
+        return self.layout == "channel" or x.is_cuda
+
     def mix(self, x):
+        if self._channel_major(x):
+            return self.mix_channel_major(x)[0]
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = self._conv(x)
         y = self.layer(x, z=z) if self.fuse_gate else self.layer(x) * F.silu(z)
         return self.out_proj(y)
+
+    def mix_channel_major(self, x, return_state: bool = False):
+        """x [B, L, d] -> (out [B, L, d], (conv inputs of the last d_conv steps [B, E, d_conv], last SSM state
+        [B, E, N]) or None). Official Mamba's layout: in_proj is a batched GEMM straight into [B, 2E, L], so the
+        conv, the SSM projections and the scan all read rows contiguous in L, and out_proj reads y [B, E, L] as a
+        transposed operand. The token-major path instead transposes x, z, delta, B, C and y around the scan, and
+        on an H200 prefill those strided copies took as long as the scan itself (results/generation/)."""
+        from ssmbench.kernels.causal_conv1d import causal_conv1d_fn
+        from .layers.s6 import batched_weight, decode_backend
+
+        E = self.d_inner
+        xz = torch.bmm(batched_weight(self.in_proj.weight, x), x.transpose(1, 2))  # [B, 2E, L]
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias[:, None].to(xz.dtype)
+        xi, z = xz[:, :E], xz[:, E:]
+        conv_backend = "reference" if decode_backend(self.layer.scan_backend) == "reference" else "auto"
+        xc = causal_conv1d_fn(xi, self.conv.weight[:, 0], self.conv.bias, "silu", backend=conv_backend)
+        y, last = self.layer.forward_channel_major(xc, z, return_last_state=return_state)
+        out = torch.bmm(y.transpose(1, 2), batched_weight(self.out_proj.weight.t(), y))  # [B, L, d]
+        if self.out_proj.bias is not None:
+            out = out + self.out_proj.bias.to(out.dtype)
+        if not return_state:
+            return out, None
+        tail = xi[:, :, -self.d_conv:]
+        if tail.shape[-1] < self.d_conv:  # a prompt shorter than the conv: zeros before it
+            tail = F.pad(tail, (self.d_conv - tail.shape[-1], 0))
+        return out, (tail, last)
 
     def init_state(self, batch_size, device, dtype=torch.float32):
         conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype)

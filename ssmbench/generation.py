@@ -190,23 +190,13 @@ class MambaDecoder(_Decoder):
         return all(isinstance(b, MambaBlock) and b.fuse_gate for b in model.blocks)
 
     def _prefill_slice(self, prompt, rows):
-        from ssmbench.kernels.selective_scan import selective_scan
         x = self._embed(prompt, self.positions[: prompt.shape[1]])
         for blk, (conv_state, ssm_state) in zip(self.model.blocks, self.states):
-            xi, z = blk.in_proj(blk.norm(x)).chunk(2, dim=-1)  # [b, L, E]
-            tail = xi[:, -blk.d_conv:].transpose(1, 2)  # the last d_conv conv inputs, oldest first
-            conv_state[rows].zero_()
-            conv_state[rows, :, blk.d_conv - tail.shape[-1]:] = tail.to(conv_state.dtype)
-            xc = blk._conv(xi)
-            layer = blk.layer
-            delta, Bm, Cm = layer._ssm_inputs(xc)
-            y, last = selective_scan(
-                xc.transpose(1, 2), delta.transpose(1, 2), -torch.exp(layer.A_log.float()),
-                Bm.transpose(1, 2).unsqueeze(1), Cm.transpose(1, 2).unsqueeze(1), D=layer.D.float(),
-                z=z.transpose(1, 2), delta_bias=layer.dt_bias.float(), delta_softplus=True, return_last_state=True,
-                backend=layer.scan_backend)
+            # the channel-major path: the scan's own layout, and it hands back the states the decode continues from
+            y, (conv_tail, last) = blk.mix_channel_major(blk.norm(x), return_state=True)
+            conv_state[rows] = conv_tail.to(conv_state.dtype)
             ssm_state[rows] = last.to(ssm_state.dtype)
-            x = x + blk.out_proj(y.transpose(1, 2))
+            x = x + y
         return self._logits(x[:, -1])
 
     def step(self, tokens):

@@ -44,6 +44,15 @@ def decode_backend(scan_backend: str) -> str:
     return "triton" if scan_backend == "triton" else "auto"
 
 
+def batched_weight(w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """w [m, k] as a [batch, m, k] stride-0 view for torch.bmm against `like` [batch, ...], already in the dtype
+    the bmm computes in (autocast's, else like's): autocast would otherwise cast the expanded view, i.e. copy
+    the weight once per batch row."""
+    dev = like.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else like.dtype
+    return w.to(dtype).unsqueeze(0).expand(like.shape[0], -1, -1)
+
+
 class S6Layer(SequenceLayer):
     fuses_gate = True  # forward(x, z) and step(x_t, state, z_t) apply the block's SiLU(z) gate in the scan
     def __init__(self, d_model: int, d_state: int = 16, dt_rank: int = 0, dt_min: float = 0.001,
@@ -83,6 +92,18 @@ class S6Layer(SequenceLayer):
             D=self.D.float(), z=None if z is None else z.transpose(1, 2), delta_bias=self.dt_bias.float(),
             delta_softplus=True, backend=self.scan_backend)
         return y.transpose(1, 2)
+
+    def forward_channel_major(self, x: torch.Tensor, z: torch.Tensor | None = None,
+                              return_last_state: bool = False):
+        """x, z: [B, D, L] (L contiguous) -> (y [B, D, L], last state [B, D, N] or None). The projections are
+        batched GEMMs that write delta [B, D, L] and B, C [B, N, L] in the scan's own layout (no transposes)."""
+        x_dbl = torch.bmm(batched_weight(self.x_proj.weight, x), x)  # [B, R + 2N, L]
+        dt_low, Bm, Cm = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=1)
+        delta = torch.bmm(batched_weight(self.dt_proj.weight, dt_low), dt_low)  # [B, D, L]
+        out = selective_scan(x, delta, -torch.exp(self.A_log.float()), Bm, Cm, D=self.D.float(), z=z,
+                             delta_bias=self.dt_bias.float(), delta_softplus=True,
+                             return_last_state=return_last_state, backend=self.scan_backend)
+        return out if return_last_state else (out, None)
 
     def init_state(self, batch_size, device, dtype=torch.float32):
         # The SSM state stays fp32 whatever the activations' dtype, as in the fused kernels.
