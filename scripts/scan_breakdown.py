@@ -8,6 +8,7 @@
             shortest length (top functions by own time) says which Python costs what
   kernels   torch.profiler: GPU time per kernel inside one forward+backward (the scan's kernels and the small
             torch ops around them)
+  fwd_variants  the forward with checkpoints, without, and with the last state alone
   variants  backward launch parameters and kernel forms, timed by do_bench; also the kernel with the dB/dC
             atomics removed (a patched copy, wrong gradients, only to price the atomics) and the number of
             accumulator copies; registers and spills of each compiled backward kernel
@@ -279,6 +280,23 @@ def variants():
     finally:
         ts._k = orig_k
     table("variants: forward+backward ms", rows)
+
+
+def fwd_variants():
+    """The forward kernel with and without checkpoint stores, and with the final state alone (what a no-grad
+    call with return_last_state runs), over grids from 8 to ~1000 programs per SM."""
+    rows = []
+    for (b, d, L) in [(1, 1024, 32768), (4, 1024, 8192), (8, 1536, 4096), (64, 2048, 2048)]:
+        inp = inputs(b, d, L)
+        args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+        cfg = ts.DEFAULT_CONFIG
+        rows.append(dict(B=b, D=d, L=L, programs_per_sm=b * d / tu.num_sms(torch.device(DEV)),
+                         checkpoints=gpu_ms(lambda: ts._fwd(*args, True, cfg, None, True)),
+                         none=gpu_ms(lambda: ts._fwd(*args, True, cfg, None, False)),
+                         last_state_only=gpu_ms(lambda: ts._fwd(*args, True, cfg, None, False, True))))
+        del inp, args
+        torch.cuda.empty_cache()
+    table("fwd_variants: forward kernel ms by what it stores", rows)
 
 
 def main():

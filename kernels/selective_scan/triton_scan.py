@@ -55,6 +55,11 @@ class ScanConfig:
     min_seg_len: int = 4096  # long path: shortest segment (steps)
     split_below_warps_per_sm: int = 4  # long path: taken when one segment per channel gives fewer warps per SM
     target_warps_per_sm: int = 128  # long path: split until this many warps per SM are resident
+    # A forward without autograd needs no checkpoints, yet on an H200 the kernel that stores them ran faster
+    # when few programs share an SM (paper config, 8 per SM: 0.77 vs 0.89 ms at L = 32768) and slower when
+    # many do (batch 8 x 1536, 93 per SM: 1.13 vs 0.96 ms), a code-generation effect; below this many programs
+    # per SM the no-grad forward keeps them (results/kernels/breakdown/).
+    nograd_ckpt_below_programs_per_sm: int = 32
 
 
 DEFAULT_CONFIG = ScanConfig()
@@ -111,8 +116,10 @@ def _lastdim_contig(x):
     return x if x is None or x.stride(-1) == 1 else x.contiguous()
 
 
-def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, cfg, long_sequence, store_ckpt):
-    """-> (y, checkpoints [batch, dim, n_chunks, N] fp32 (None unless store_ckpt), segments)."""
+def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, cfg, long_sequence, store_ckpt, store_last=False):
+    """-> (y, checkpoints [batch, dim, n_chunks, N] fp32 or None, last state [batch, dim, N] fp32 or None).
+    store_ckpt: every CHUNK-th state (the backward's; the last of them is the final state); store_last without
+    store_ckpt: the final state alone."""
     batch, dim, L = u.shape
     N = A.shape[1]
     dev = u.device
@@ -124,14 +131,15 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, cfg, long_sequence, stor
     S = _n_segments(long_sequence, batch * dim, cfg.warps_fwd, n_iters, BL, cfg, dev)
     seg_iters = -(-n_iters // S)
     S = -(-n_iters // seg_iters)
-    LAST_LAUNCH.update(fwd_segments=S)
+    LAST_LAUNCH.update(fwd_segments=S, fwd_checkpoints=store_ckpt)
     out = tu.alloc((batch, dim, L), u.dtype, dev)
     ckpt = tu.alloc((batch, dim, n_chunks, N), torch.float32, dev) if store_ckpt else None
     BN = max(2, tu.next_pow2(N))
     zz = z if z is not None else u
     dummy = ckpt if ckpt is not None else out
     common = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-                  B_VAR=b_var, C_VAR=c_var, STORE_CKPT=store_ckpt, BLOCK_N=BN, BLOCK_L=BL, CHUNK=CH,
+                  B_VAR=b_var, C_VAR=c_var, STORE_CKPT=store_ckpt, STORE_LAST=store_last and not store_ckpt,
+                  BLOCK_N=BN, BLOCK_L=BL, CHUNK=CH,
                   num_warps=cfg.warps_fwd)
     args = (u, delta, A, Bt, Ct, D if D is not None else A, zz, delta_bias if delta_bias is not None else A)
     strides = (dim, L, N, dim // groups, n_chunks, seg_iters,
@@ -146,9 +154,13 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, cfg, long_sequence, stor
                                             LOCAL=True, HAS_INIT=False, **common)
         hinit = tu.alloc((batch, dim, S, N), torch.float32, dev)
         _carry(K, hloc, dsum, A, None, hinit, reverse=False)
-    K.scan_fwd_kernel[(batch * dim, S)](*args, out, dummy, hinit if hinit is not None else dummy, dummy, dummy,
+    last = tu.alloc((batch, dim, N), torch.float32, dev) if store_last and not store_ckpt else None
+    K.scan_fwd_kernel[(batch * dim, S)](*args, out, dummy, hinit if hinit is not None else dummy,
+                                        last if last is not None else dummy, dummy,
                                         *strides, LOCAL=False, HAS_INIT=hinit is not None, **common)
-    return out, ckpt, S
+    if store_last and last is None:
+        last = ckpt[:, :, -1].clone()
+    return out, ckpt, last
 
 
 def _carry(K, loc, dsum, A, init, out, reverse):
@@ -283,11 +295,12 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if not torch.is_grad_enabled() or not any(
             x is not None and x.requires_grad for x in (u, delta, A, B, C, D, z, delta_bias)):
-        # inference (e.g. a prefill): no autograd node, and no state checkpoints unless the last state is asked
+        # inference (e.g. a prefill): no autograd node; the state checkpoints only where they measured faster
         u, delta, z = _lastdim_contig(u), _lastdim_contig(delta), _lastdim_contig(z)
-        out, ckpt, _ = _fwd(u, delta, A.float(), B, C, D.float() if D is not None else None, z,
+        ckpt = u.shape[0] * u.shape[1] < config.nograd_ckpt_below_programs_per_sm * tu.num_sms(u.device)
+        out, _, last = _fwd(u, delta, A.float(), B, C, D.float() if D is not None else None, z,
                             delta_bias.float() if delta_bias is not None else None, delta_softplus, config,
-                            long_sequence, return_last_state)
-        return (out, ckpt[:, :, -1].clone()) if return_last_state else out
+                            long_sequence, ckpt, return_last_state)
+        return (out, last) if return_last_state else out
     return SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
                                      config, long_sequence)

@@ -52,7 +52,7 @@ def scan_fwd_kernel(
     LOCAL: tl.constexpr,  # True: pass 1 of the long path, only the segment's end state (zero start) and sum(dt)
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr, STORE_CKPT: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
+    STORE_LAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
 ):
     pid = tl.program_id(0)  # = b * dim + d
     seg = tl.program_id(1)
@@ -140,6 +140,9 @@ def scan_fwd_kernel(
     if LOCAL:
         tl.store(hloc_ptr + row * n_seg + seg * N + offs_n, h, mask=mn)
         tl.store(dsum_ptr + pid.to(tl.int64) * n_seg + seg, dsum)
+    elif STORE_LAST:  # the final state alone (inference without checkpoints): [batch, dim, N]
+        if seg == n_seg - 1:
+            tl.store(hloc_ptr + row + offs_n, h, mask=mn)
 
 
 @triton.jit

@@ -120,6 +120,18 @@ def test_forward_block_multiple_of_chunk():
     check(make_inputs(1, 2, 300, 4, seed=13), config=ScanConfig(block_l_fwd=128, chunk=32), long_sequence=True)
 
 
+@pytest.mark.parametrize("long_sequence", [False, True])
+def test_inference_forward_with_and_without_checkpoints(long_sequence):
+    # no input needs a gradient: no autograd node; the last state comes from the checkpoints or, without
+    # them, from the kernel's final store (the segment that ends the sequence)
+    from ssmbench.kernels.selective_scan.triton_scan import ScanConfig
+    for below in (0, 10**6):
+        cfg = ScanConfig(block_l_fwd=32, chunk=64, min_seg_len=64, nograd_ckpt_below_programs_per_sm=below)
+        launch = check(make_inputs(2, 3, 301, 4, bc="mixed", seed=16), config=cfg, long_sequence=long_sequence,
+                       backward=False)
+        assert launch["fwd_checkpoints"] == (below > 0) and (launch["fwd_segments"] > 1) == long_sequence
+
+
 def test_noncontiguous_inputs():
     inp = make_inputs(2, 3, 50, 4, seed=14)
     inp["u"] = inp["u"].transpose(1, 2).contiguous().transpose(1, 2)  # [batch, L, dim] memory, viewed
