@@ -55,11 +55,14 @@ class ScanConfig:
     min_seg_len: int = 4096  # long path: shortest segment (steps)
     split_below_warps_per_sm: int = 4  # long path: taken when one segment per channel gives fewer warps per SM
     target_warps_per_sm: int = 128  # long path: split until this many warps per SM are resident
-    # A forward without autograd needs no checkpoints, yet on an H200 the kernel that stores them ran faster
-    # when few programs share an SM (paper config, 8 per SM: 0.77 vs 0.89 ms at L = 32768) and slower when
-    # many do (batch 8 x 1536, 93 per SM: 1.13 vs 0.96 ms), a code-generation effect; below this many programs
-    # per SM the no-grad forward keeps them (results/kernels/breakdown/).
-    nograd_ckpt_below_programs_per_sm: int = 32
+    # A forward without autograd stores no checkpoints, only (when asked) the final state. Which of the two
+    # compiled variants is faster depends on the grid, a code-generation effect measured on an H200
+    # (results/kernels/breakdown/fwd_variants.md, ms, L = 32768 / 8192 / 4096 / 2048):
+    #   programs per SM         8      31     93    993
+    #   final state stored    0.661  0.677  0.986  5.07
+    #   nothing stored        0.891  0.705  0.945  4.46
+    # so below this many programs per SM the final state is stored even when nobody asked for it.
+    nograd_store_last_below_programs_per_sm: int = 64
 
 
 DEFAULT_CONFIG = ScanConfig()
@@ -131,7 +134,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, cfg, long_sequence, stor
     S = _n_segments(long_sequence, batch * dim, cfg.warps_fwd, n_iters, BL, cfg, dev)
     seg_iters = -(-n_iters // S)
     S = -(-n_iters // seg_iters)
-    LAST_LAUNCH.update(fwd_segments=S, fwd_checkpoints=store_ckpt)
+    LAST_LAUNCH.update(fwd_segments=S, fwd_checkpoints=store_ckpt, fwd_last_state=store_last and not store_ckpt)
     out = tu.alloc((batch, dim, L), u.dtype, dev)
     ckpt = tu.alloc((batch, dim, n_chunks, N), torch.float32, dev) if store_ckpt else None
     BN = max(2, tu.next_pow2(N))
@@ -295,12 +298,13 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if not torch.is_grad_enabled() or not any(
             x is not None and x.requires_grad for x in (u, delta, A, B, C, D, z, delta_bias)):
-        # inference (e.g. a prefill): no autograd node; the state checkpoints only where they measured faster
+        # inference (e.g. a prefill): no autograd node, no checkpoints; the final state where it is asked for or
+        # where the variant that stores it runs faster (see ScanConfig)
         u, delta, z = _lastdim_contig(u), _lastdim_contig(delta), _lastdim_contig(z)
-        ckpt = u.shape[0] * u.shape[1] < config.nograd_ckpt_below_programs_per_sm * tu.num_sms(u.device)
+        few = u.shape[0] * u.shape[1] < config.nograd_store_last_below_programs_per_sm * tu.num_sms(u.device)
         out, _, last = _fwd(u, delta, A.float(), B, C, D.float() if D is not None else None, z,
                             delta_bias.float() if delta_bias is not None else None, delta_softplus, config,
-                            long_sequence, ckpt, return_last_state)
+                            long_sequence, False, return_last_state or few)
         return (out, last) if return_last_state else out
     return SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
                                      config, long_sequence)

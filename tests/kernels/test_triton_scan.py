@@ -121,15 +121,19 @@ def test_forward_block_multiple_of_chunk():
 
 
 @pytest.mark.parametrize("long_sequence", [False, True])
-def test_inference_forward_with_and_without_checkpoints(long_sequence):
-    # no input needs a gradient: no autograd node; the last state comes from the checkpoints or, without
-    # them, from the kernel's final store (the segment that ends the sequence)
-    from ssmbench.kernels.selective_scan.triton_scan import ScanConfig
+def test_inference_forward_stores_no_checkpoints(long_sequence):
+    # no input needs a gradient: no autograd node, no checkpoints; the final state comes from the kernel's final
+    # store (by the segment that ends the sequence), asked for or (few programs per SM) stored anyway
+    from ssmbench.kernels.selective_scan.triton_scan import ScanConfig, selective_scan_triton, LAST_LAUNCH
+    inp = make_inputs(2, 3, 301, 4, bc="mixed", seed=16)
     for below in (0, 10**6):
-        cfg = ScanConfig(block_l_fwd=32, chunk=64, min_seg_len=64, nograd_ckpt_below_programs_per_sm=below)
-        launch = check(make_inputs(2, 3, 301, 4, bc="mixed", seed=16), config=cfg, long_sequence=long_sequence,
-                       backward=False)
-        assert launch["fwd_checkpoints"] == (below > 0) and (launch["fwd_segments"] > 1) == long_sequence
+        cfg = ScanConfig(block_l_fwd=32, chunk=64, min_seg_len=64, nograd_store_last_below_programs_per_sm=below)
+        launch = check(inp, config=cfg, long_sequence=long_sequence, backward=False)
+        assert not launch["fwd_checkpoints"] and launch["fwd_last_state"]
+        assert (launch["fwd_segments"] > 1) == long_sequence
+        y = selective_scan_triton(**inp, delta_softplus=True, config=cfg, long_sequence=long_sequence)
+        assert LAST_LAUNCH["fwd_last_state"] == (below > 0)
+        torch.testing.assert_close(y, selective_scan_ref(**inp, delta_softplus=True), rtol=2e-5, atol=2e-5)
 
 
 def test_noncontiguous_inputs():
