@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything the profiler measures, for one GPU (an H200), in one call of about 8 minutes:
+# Everything the profiler measures, for one GPU (an H200), in one call of about 10 minutes:
 #   bash scripts/gpu_profile_all.sh OUT_DIR
 # 1. kernels     ssmbench-profile profile=kernels     scan / conv1d / S4 FFT conv / attention against length
 # 2. generation  ssmbench-generate generation=h200    decode throughput, Mamba vs Transformer, batch 1 .. 1024
@@ -11,6 +11,8 @@
 # starve the next; rows are written as they are measured, so a stage stopped early keeps what it measured.
 # Logs: OUT/logs/<stage>.log. Uses $PYTHON (default: python). Needs torch with CUDA, triton, hydra-core,
 # pandas, seaborn, tabulate; mamba_ssm and flash_attn are used when importable.
+# TARBALL=FILE packs OUT into one tar.gz at the end. Where the code runs from a copy without .git (a lent GPU
+# machine), set SSMBENCH_COMMIT=<commit> so every row records the code it measured.
 # A dry run of this script on a CPU, at toy sizes (a minute or two):
 #   PRESET=cpu_smoke bash scripts/gpu_profile_all.sh /tmp/out
 set -u
@@ -70,7 +72,7 @@ done
 PRESET=${PRESET:-}
 stage kernels 210 $PY -m ssmbench.profile_cli kernels profile="${PRESET:-kernels}" results_root="$OUT" study=kernels \
   report=false hydra.run.dir="$OUT/logs/hydra/kernels"
-stage generation 140 $PY -m ssmbench.profile_cli generate generation="${PRESET:-h200}" results_root="$OUT" \
+stage generation 330 $PY -m ssmbench.profile_cli generate generation="${PRESET:-h200}" results_root="$OUT" \
   study=generation report=false hydra.run.dir="$OUT/logs/hydra/generation"
 stage generators 55 $PY -m ssmbench.profile_cli taskbench taskbench="${PRESET:-full}" results_root="$OUT" \
   study=generators report=false hydra.run.dir="$OUT/logs/hydra/generators"
@@ -90,4 +92,7 @@ echo "== headlines"
   f{print; if (/^$/ && ++n == 2) exit}' "$OUT/kernels/summary.md"
 [ -f "$OUT/generation/summary.md" ] && sed -n '/^## Findings/,/^## Tokens/p' "$OUT/generation/summary.md"
 [ -f "$OUT/generators/summary.md" ] && grep -h "Worst case" "$OUT/generators/summary.md"
+if [ -n "${TARBALL:-}" ]; then  # one file to carry back (a lent machine returns only a few files)
+  tar czf "$TARBALL" -C "$OUT" . && echo "== packed $OUT into $TARBALL"
+fi
 echo "== done in $((SECONDS - T0))s; results under $OUT"
