@@ -278,6 +278,7 @@ def scan_bwd_kernel(
     off_d = b64 * s_db + d * s_dd
     off_z = b64 * s_zb + d * s_zd
     off_g = b64 * s_gb + d * s_gd
+    off_o = (b64 * dim + d) * L  # du, d(delta), dz: fresh contiguous [batch, dim, L], whatever the inputs' strides
     if B_VAR:
         B_base = B_ptr + b64 * s_B0 + g * s_B1 + offs_n[:, None] * s_B2
         # channel d adds into copy d % n_copies: neighbouring channels run at the same time and would
@@ -305,7 +306,7 @@ def scan_bwd_kernel(
         h0 = tl.where(it > 0, h0, 0.0)
         carry, lx, hg, dA_p, dD_p, db_p = _bwd_channel_chunk(
             t, mt, offs_l, u_ptr + off_u, delta_ptr + off_d, z_ptr + off_z, dout_ptr + off_g,
-            du_ptr + off_u, ddelta_ptr + off_d, dz_ptr + off_z, A, A2, bias, Dv, Bx, Cx, h0,
+            du_ptr + off_o, ddelta_ptr + off_o, dz_ptr + off_o, A, A2, bias, Dv, Bx, Cx, h0,
             carry, LOCAL, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_L)
         acc_D += dD_p
         if not LOCAL:

@@ -136,6 +136,36 @@ def test_inference_forward_stores_no_checkpoints(long_sequence):
         torch.testing.assert_close(y, selective_scan_ref(**inp, delta_softplus=True), rtol=2e-5, atol=2e-5)
 
 
+def test_channel_slices_of_wider_buffers():
+    # u, delta, z, B and C as slices of wider activations (last dim contiguous, gaps between batch rows), as
+    # official Mamba's layout hands them over: the gradients must land in their own fresh buffers, not at the
+    # inputs' strides (which would write past their end)
+    from ssmbench.kernels.selective_scan.triton_scan import selective_scan_triton
+
+    inp = make_inputs(3, 4, 70, 4, seed=17)
+    extra = {"u": 3, "delta": 1, "z": 4, "B": 2, "C": 5}
+    wide = {}
+    for k, e in extra.items():
+        t = inp[k]
+        w = torch.randn(t.shape[0], t.shape[1] + e, t.shape[2], generator=torch.Generator().manual_seed(e)).to(t)
+        w[:, e:] = t
+        wide[k] = w
+    grads, ys = {}, {}
+    for name, dtype in (("triton", torch.float32), ("ref", torch.float64)):
+        leaves = {k: w.clone().to(dtype).requires_grad_() for k, w in wide.items()}
+        args = {k: (leaves[k][:, extra[k]:] if k in leaves else (v.to(dtype) if v is not None else None))
+                for k, v in inp.items()}
+        assert not args["z"].is_contiguous() and args["z"].stride(-1) == 1
+        fn = selective_scan_triton if name == "triton" else selective_scan_ref
+        y = fn(**args, delta_softplus=True)
+        (y * torch.linspace(-1, 1, y.shape[-1], dtype=dtype)).sum().backward()
+        ys[name] = y.detach()
+        grads[name] = {k: leaves[k].grad[:, extra[k]:] for k in leaves}
+    assert rel_err(ys["triton"], ys["ref"]) <= 2e-5
+    for k in extra:
+        assert rel_err(grads["triton"][k], grads["ref"][k]) <= 2e-5, k
+
+
 def test_noncontiguous_inputs():
     inp = make_inputs(2, 3, 50, 4, seed=14)
     inp["u"] = inp["u"].transpose(1, 2).contiguous().transpose(1, 2)  # [batch, L, dim] memory, viewed
