@@ -123,24 +123,27 @@ class MambaBlock(Block):
 
     def mix_channel_major(self, x, return_state: bool = False):
         """x [B, L, d] -> (out [B, L, d], (conv inputs of the last d_conv steps [B, E, d_conv], last SSM state
-        [B, E, N]) or None). Official Mamba's layout: in_proj is a batched GEMM straight into [B, 2E, L], so the
-        conv, the SSM projections and the scan all read rows contiguous in L, and out_proj reads y [B, E, L] as a
-        transposed operand. The token-major path instead transposes x, z, delta, B, C and y around the scan, and
-        on an H200 prefill those strided copies took as long as the scan itself (results/generation/)."""
+        [B, E, N]) or None). Official Mamba's layout: every projection is one GEMM against the activations as
+        [channels, B * L] (x [B, L, d] read as a transposed operand), so the conv, the SSM projections and the scan
+        see [B, E, L] views whose rows are contiguous in L (memory order [E, B, L]), and out_proj reads y back as a
+        transposed operand. The weight gradients stay single GEMMs. The token-major path instead transposes x, z,
+        delta, B, C and y around the scan; in an H200 prefill those strided copies took as long as the scan
+        itself (results/generation/prefill_profile*.md)."""
         from ssmbench.kernels.causal_conv1d import causal_conv1d_fn
-        from .layers.s6 import batched_weight, decode_backend
+        from .layers.s6 import decode_backend, rows_as_batched
 
+        Bsz, L, d = x.shape
         E = self.d_inner
-        xz = torch.bmm(batched_weight(self.in_proj.weight, x), x.transpose(1, 2))  # [B, 2E, L]
+        xz = self.in_proj.weight @ x.reshape(Bsz * L, d).t()  # [2E, B * L]
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias[:, None].to(xz.dtype)
-        xi, z = xz[:, :E], xz[:, E:]
-        conv_backend = "reference" if decode_backend(self.layer.scan_backend) == "reference" else "auto"
-        xc = causal_conv1d_fn(xi, self.conv.weight[:, 0], self.conv.bias, "silu", backend=conv_backend)
+        xi, z = rows_as_batched(xz[:E], Bsz), rows_as_batched(xz[E:], Bsz)  # [B, E, L] views
+        # the conv follows the scan: Triton where the scan is ("triton" asks for it, "auto" on CUDA)
+        xc = causal_conv1d_fn(xi, self.conv.weight[:, 0], self.conv.bias, "silu",
+                              backend=decode_backend(self.layer.scan_backend))
         y, last = self.layer.forward_channel_major(xc, z, return_last_state=return_state)
-        out = torch.bmm(y.transpose(1, 2), batched_weight(self.out_proj.weight.t(), y))  # [B, L, d]
-        if self.out_proj.bias is not None:
-            out = out + self.out_proj.bias.to(out.dtype)
+        y2 = y.transpose(0, 1).reshape(E, Bsz * L)  # a view when y kept xc's [E, B, L] order
+        out = F.linear(y2.t(), self.out_proj.weight, self.out_proj.bias).view(Bsz, L, -1)
         if not return_state:
             return out, None
         tail = xi[:, :, -self.d_conv:]

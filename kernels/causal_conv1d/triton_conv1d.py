@@ -36,7 +36,7 @@ class CausalConv1dTriton(torch.autograd.Function):
         W = weight.shape[1]
         bd, bl = _blocks(dim, L)
         nd = -(-dim // bd)
-        y = tu.alloc((batch, dim, L), x.dtype, x.device)
+        y = tu.alloc_like(x)  # x's memory order (written through y's strides)
         K = tu.load_kernels(_KERNELS)
         K.conv_fwd_kernel[(batch * nd, -(-L // bl))](
             x, weight, bias if bias is not None else weight, y, dim, L, nd, *x.stride(), *weight.stride(),

@@ -135,7 +135,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, cfg, long_sequence, stor
     seg_iters = -(-n_iters // S)
     S = -(-n_iters // seg_iters)
     LAST_LAUNCH.update(fwd_segments=S, fwd_checkpoints=store_ckpt, fwd_last_state=store_last and not store_ckpt)
-    out = tu.alloc((batch, dim, L), u.dtype, dev)
+    out = tu.alloc_like(u)  # u's memory order (kernel writes through out's strides)
     ckpt = tu.alloc((batch, dim, n_chunks, N), torch.float32, dev) if store_ckpt else None
     BN = max(2, tu.next_pow2(N))
     zz = z if z is not None else u

@@ -57,6 +57,22 @@ def alloc(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def alloc_like(x: torch.Tensor, dtype=None) -> torch.Tensor:
+    """Like alloc, shaped like x and in x's memory order when x is dense with a contiguous last dim (a [B, E, L]
+    view of an [E, B, L] buffer gets its output in that order, so the next GEMM reads it without a copy), else
+    contiguous. Kernels index the output with its own strides."""
+    dtype = dtype or x.dtype
+    if x.stride(-1) == 1:
+        out = torch.empty_like(x, dtype=dtype)  # keeps x's strides when x is non-overlapping and dense
+        if out.stride(-1) != 1:
+            out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    else:
+        out = torch.empty(x.shape, dtype=dtype, device=x.device)
+    if POISON:
+        out.fill_(float("nan"))
+    return out
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 

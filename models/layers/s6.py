@@ -44,13 +44,11 @@ def decode_backend(scan_backend: str) -> str:
     return "triton" if scan_backend == "triton" else "auto"
 
 
-def batched_weight(w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """w [m, k] as a [batch, m, k] stride-0 view for torch.bmm against `like` [batch, ...], already in the dtype
-    the bmm computes in (autocast's, else like's): autocast would otherwise cast the expanded view, i.e. copy
-    the weight once per batch row."""
-    dev = like.device.type
-    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else like.dtype
-    return w.to(dtype).unsqueeze(0).expand(like.shape[0], -1, -1)
+def rows_as_batched(rows: torch.Tensor, batch: int) -> torch.Tensor:
+    """[C, batch * L] (a GEMM's output, channels first) -> the [batch, C, L] view the kernels read: rows
+    contiguous in L, memory order [C, batch, L]; no copy."""
+    C, BL = rows.shape
+    return rows.view(C, batch, BL // batch).transpose(0, 1)
 
 
 class S6Layer(SequenceLayer):
@@ -95,14 +93,17 @@ class S6Layer(SequenceLayer):
 
     def forward_channel_major(self, x: torch.Tensor, z: torch.Tensor | None = None,
                               return_last_state: bool = False):
-        """x, z: [B, D, L] (L contiguous) -> (y [B, D, L], last state [B, D, N] or None). The projections are
-        batched GEMMs that write delta [B, D, L] and B, C [B, N, L] in the scan's own layout (no transposes)."""
-        x_dbl = torch.bmm(batched_weight(self.x_proj.weight, x), x)  # [B, R + 2N, L]
-        dt_low, Bm, Cm = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=1)
-        delta = torch.bmm(batched_weight(self.dt_proj.weight, dt_low), dt_low)  # [B, D, L]
-        out = selective_scan(x, delta, -torch.exp(self.A_log.float()), Bm, Cm, D=self.D.float(), z=z,
-                             delta_bias=self.dt_bias.float(), delta_softplus=True,
-                             return_last_state=return_last_state, backend=self.scan_backend)
+        """x, z: [B, D, L] (rows contiguous in L, ideally in [D, B, L] memory order) -> (y [B, D, L] in x's order,
+        last state [B, D, N] or None). The projections are single GEMMs on x as [D, B * L] and write delta
+        [B, D, L] and B, C [B, N, L] as views in the scan's layout (no transposes)."""
+        Bsz, D, L = x.shape
+        x2 = x.transpose(0, 1).reshape(D, Bsz * L)  # a view in [D, B, L] order, else one copy
+        x_dbl = self.x_proj.weight @ x2  # [R + 2N, B * L]
+        dt_low, Bm, Cm = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=0)
+        delta = rows_as_batched(self.dt_proj.weight @ dt_low, Bsz)
+        out = selective_scan(x, delta, -torch.exp(self.A_log.float()), rows_as_batched(Bm, Bsz),
+                             rows_as_batched(Cm, Bsz), D=self.D.float(), z=z, delta_bias=self.dt_bias.float(),
+                             delta_softplus=True, return_last_state=return_last_state, backend=self.scan_backend)
         return out if return_last_state else (out, None)
 
     def init_state(self, batch_size, device, dtype=torch.float32):

@@ -55,6 +55,18 @@ def test_conv_no_bias_channel_last_half():
     check_conv(1, 4, 33, 3, None, dtype=torch.bfloat16, tol=1e-2, seed=2)
 
 
+def test_output_keeps_a_channel_first_memory_order():
+    # x as a [B, E, L] view of an [E, B, L] buffer (the Mamba block's channel-major layout): y comes back in
+    # the same order, so the next GEMM reads it as [E, B * L] without a copy, and equals the reference
+    from ssmbench.kernels.causal_conv1d.triton_conv1d import causal_conv1d_triton
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 2, 40, generator=g).to(DEV).transpose(0, 1)  # [B=2, E=5, L=40], strides (40, 80, 1)
+    w, b = torch.randn(5, 4, generator=g).to(DEV), torch.randn(5, generator=g).to(DEV)
+    y = causal_conv1d_triton(x, w, b, "silu")
+    assert y.stride() == x.stride()
+    assert rel_err(y, causal_conv1d_ref(x.double(), w.double(), b.double(), "silu")) <= 1e-5
+
+
 @pytest.mark.parametrize("W,state_len", [(4, 4), (2, 2), (3, 5)])
 def test_update_matches_full_conv(W, state_len):
     g = torch.Generator().manual_seed(W)

@@ -166,6 +166,19 @@ def test_channel_slices_of_wider_buffers():
         assert rel_err(grads["triton"][k], grads["ref"][k]) <= 2e-5, k
 
 
+def test_output_keeps_a_channel_first_memory_order():
+    # u, delta, z as [B, D, L] views of [D, B, L] buffers: y comes back in that order (the Mamba block's
+    # out_proj then reads it as [D, B * L] without a copy), with the values and gradients of the reference
+    inp = make_inputs(3, 4, 50, 4, seed=18)
+    for k in ("u", "delta", "z"):
+        inp[k] = inp[k].transpose(0, 1).contiguous().transpose(0, 1)
+    from ssmbench.kernels.selective_scan.triton_scan import selective_scan_triton
+    with torch.no_grad():
+        y = selective_scan_triton(**inp, delta_softplus=True)
+    assert y.stride() == inp["u"].stride()
+    check(inp)
+
+
 def test_noncontiguous_inputs():
     inp = make_inputs(2, 3, 50, 4, seed=14)
     inp["u"] = inp["u"].transpose(1, 2).contiguous().transpose(1, 2)  # [batch, L, dim] memory, viewed
