@@ -1,0 +1,103 @@
+"""Compile a Triton kernel of the scan for Hopper (sm_90a) on a machine without a GPU, and print what decides its
+speed: the blocked layouts (TTGIR), the form and count of its atomics (PTX), and ptxas's registers and spills.
+
+    python scripts/triton_aot_check.py [--kernel scan_bwd_kernel] [--warps 1] [--set BLOCK_L=32 ...]
+
+Run it with the triton release of the GPU image (triton 3.6 on the lent H200: `pip install triton==3.6.0` into a
+scratch venv; torch is not needed): with the same release and the specialisation a real launch gets (pointers
+and every size and stride divisible by 16, strides equal to 1 folded to constants), it reproduces the GPU
+compile. Checked 2026-11-29: the backward of the paper config gave the GPU's layouts, 255 registers and 22
+spilled words, and showed its dB/dC atomics as `atom.global.gpu.relaxed.add.v4.f32` (16 per thread and block),
+which wait for a returned value, where `red` would not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import inspect
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNELS = {
+    "scan_bwd_kernel": ROOT / "kernels/selective_scan/triton_scan_kernels.py",
+    "scan_fwd_kernel": ROOT / "kernels/selective_scan/triton_scan_kernels.py",
+    "conv_fwd_kernel": ROOT / "kernels/causal_conv1d/triton_conv1d_kernels.py",
+    "conv_bwd_kernel": ROOT / "kernels/causal_conv1d/triton_conv1d_kernels.py",
+}
+# The paper configuration's launch: gated z, bias, softplus, time-varying B and C, N = 16, and the launch
+# parameters of ScanConfig's defaults. Strides equal to 1 are constants in a real launch.
+DEFAULTS = {
+    "scan_bwd_kernel": dict(LOCAL=False, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, B_VAR=True,
+                            C_VAR=True, HAS_CARRY=False, BLOCK_N=16, BLOCK_L=64, s_An=1),
+    "scan_fwd_kernel": dict(LOCAL=False, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, B_VAR=True,
+                            C_VAR=True, HAS_INIT=False, STORE_CKPT=True, STORE_LAST=False, BLOCK_N=16,
+                            BLOCK_L=128, CHUNK=64, s_An=1),
+}
+HALF = {"u_ptr", "delta_ptr", "z_ptr", "dout_ptr", "du_ptr", "ddelta_ptr", "dz_ptr", "B_ptr", "C_ptr", "out_ptr",
+        "x_ptr", "y_ptr", "dy_ptr", "dx_ptr"}  # bf16 activations; everything else fp32
+NOT_DIV16 = {"s_part"}  # sizes/strides that are not multiples of 16 in the paper config
+
+
+def load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(f"aot_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return getattr(mod, name)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kernel", default="scan_bwd_kernel", choices=sorted(KERNELS))
+    ap.add_argument("--warps", type=int, default=1)
+    ap.add_argument("--set", nargs="*", default=[], help="NAME=VALUE constexprs (Python literals)")
+    ap.add_argument("--dump", default=None, help="directory for the ttgir / ptx")
+    args = ap.parse_args()
+    fn = load(KERNELS[args.kernel], args.kernel)
+    names = list(inspect.signature(fn.fn).parameters)
+    const = dict(DEFAULTS.get(args.kernel, {}))
+    for kv in args.set:
+        k, v = kv.split("=", 1)
+        const[k] = ast.literal_eval(v)
+    sig, attrs = {}, {}
+    for i, n in enumerate(names):
+        if n in const:
+            sig[n] = "constexpr"
+            continue
+        sig[n] = ("*bf16" if n in HALF else "*fp32") if n.endswith("_ptr") else "i32"
+        if n.endswith("_ptr") or n not in NOT_DIV16:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = triton.compiler.ASTSource(fn=fn, signature=sig, attrs=attrs,
+                                    constexprs={(names.index(k),): v for k, v in const.items()})
+    ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=args.warps))
+    ttgir, ptx = ck.asm["ttgir"], ck.asm["ptx"]
+    print(f"triton {triton.__version__}, {args.kernel}, {args.warps} warp(s), {const}")
+    for line in ttgir.splitlines():
+        if line.startswith("#blocked"):
+            print(line.split(" = ", 1)[1][:120])
+    atomics = re.findall(r"\b(?:red|atom)\.[\w.]+", ptx)
+    print("atomics:", {a: atomics.count(a) for a in sorted(set(atomics))})
+    out = Path(args.dump) if args.dump else Path("/tmp")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.kernel}.ttgir").write_text(ttgir)
+    (out / f"{args.kernel}.ptx").write_text(ptx)
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/ptxas")
+    r = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(out / f"{args.kernel}.ptx"), "-o",
+                        str(out / f"{args.kernel}.cubin")], capture_output=True, text=True)
+    for line in r.stderr.splitlines():
+        if "registers" in line or "spill" in line or "rror" in line:
+            print(line.strip())
+    return r.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
