@@ -9,6 +9,7 @@ Sections (times are triton.testing.do_bench medians, ms):
            fwd and fwd+bwd, the "torch" backend (when kernels/selective_scan/torch_scan.py exists), causal SDPA
            FlashAttention-2 (head dim 64, 16 heads, bf16)
   b8       batch 8, dim 1536, L 4096, same settings
+  regs     register caps (maxnreg) of the forward and backward kernels, chunk 64 and 32 (not in the default list)
   narrow   batch 1, dim 128, N 16, L 2^20 with the long-sequence path forced on and off
   memory   peak memory of fwd+bwd at L = 2^16 (paper config) against the bytes of inputs + outputs + grads
   conv     causal conv1d (W 4, silu) triton vs the F.conv1d reference;  decode: one selective_state_update step
@@ -244,6 +245,38 @@ def tune(copy_bw):
     log(f"  adopted {ts.DEFAULT_CONFIG} (used by every section below)")
 
 
+def regs():
+    """Register caps (ScanConfig.maxnreg_fwd / maxnreg_bwd) against occupancy: at 255 registers a one-warp
+    program leaves 8 warps per SM. Forward and backward timed separately at the paper config and batch 8."""
+    log("== regs: register caps of the forward and backward kernels (ms)")
+    for (B, D, L) in [(1, 1024, 32768), (8, 1536, 4096)]:
+        inp = scan_inputs(B, D, L)
+        args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+        dout = torch.randn_like(inp["u"])
+        for cap in (None, 168, 128):
+            cfg = dataclasses.replace(ts.DEFAULT_CONFIG, maxnreg_fwd=cap)
+            for store in (True, False):
+                try:
+                    ms = bench(lambda: ts._fwd(*args, True, cfg, False, store, not store))
+                except Exception as e:  # out of resources etc.
+                    log(f"  fwd cap {cap}: {type(e).__name__} {str(e)[:100]}")
+                    continue
+                row(section="regs", pass_="fwd", B=B, D=D, L=L, chunk=cfg.chunk, maxnreg=cap or 255,
+                    stores="checkpoints" if store else "last state", ms=ms)
+        for chunk in (64, 32):
+            for cap in (None, 200, 168, 128):
+                cfg = dataclasses.replace(ts.DEFAULT_CONFIG, chunk=chunk, maxnreg_bwd=cap)
+                try:
+                    _, ckpt, _ = ts._fwd(*args, True, cfg, False, True)
+                    ms = bench(lambda: ts._bwd(dout, None, *args, ckpt, True, cfg, False))
+                except Exception as e:
+                    log(f"  bwd chunk {chunk} cap {cap}: {type(e).__name__} {str(e)[:100]}")
+                    continue
+                row(section="regs", pass_="bwd", B=B, D=D, L=L, chunk=chunk, maxnreg=cap or 255, ms=ms)
+        del inp, args, dout
+        torch.cuda.empty_cache()
+
+
 def narrow(copy_bw):
     log("== narrow-long: batch 1, dim 128, N 16, L 2^20")
     inp = scan_inputs(1, 128, 2**20)
@@ -386,6 +419,8 @@ def main():
         if "b8" in sections:
             log("== batch 8, dim 1536, L 4096")
             scan_rows("b8", 8, 1536, 4096, copy_bw, torch_f=torch_backend())
+        if "regs" in sections:
+            regs()
         if "narrow" in sections:
             narrow(copy_bw)
         if "memory" in sections:

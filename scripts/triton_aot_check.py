@@ -59,6 +59,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kernel", default="scan_bwd_kernel", choices=sorted(KERNELS))
     ap.add_argument("--warps", type=int, default=1)
+    ap.add_argument("--maxnreg", type=int, default=None, help="cap on registers per thread (ptxas -maxrregcount)")
     ap.add_argument("--set", nargs="*", default=[], help="NAME=VALUE constexprs (Python literals)")
     ap.add_argument("--dump", default=None, help="directory for the ttgir / ptx")
     args = ap.parse_args()
@@ -78,9 +79,9 @@ def main():
             attrs[(i,)] = [["tt.divisibility", 16]]
     src = triton.compiler.ASTSource(fn=fn, signature=sig, attrs=attrs,
                                     constexprs={(names.index(k),): v for k, v in const.items()})
-    ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=args.warps))
+    ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=args.warps, maxnreg=args.maxnreg))
     ttgir, ptx = ck.asm["ttgir"], ck.asm["ptx"]
-    print(f"triton {triton.__version__}, {args.kernel}, {args.warps} warp(s), {const}")
+    print(f"triton {triton.__version__}, {args.kernel}, {args.warps} warp(s), maxnreg {args.maxnreg}, {const}")
     for line in ttgir.splitlines():
         if line.startswith("#blocked"):
             print(line.split(" = ", 1)[1][:120])

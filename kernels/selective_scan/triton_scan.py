@@ -63,6 +63,12 @@ class ScanConfig:
     #   nothing stored        0.891  0.705  0.945  4.46
     # so below this many programs per SM the final state is stored even when nobody asked for it.
     nograd_store_last_below_programs_per_sm: int = 64
+    # Caps on registers per thread (ptxas maxrregcount; None: the compiler's choice, 255 for both kernels). At 255
+    # a one-warp program leaves 8 warps per SM, too few to hide the backward's atomics; a compile for sm_90a
+    # (scripts/triton_aot_check.py) spills nothing in the forward at 168 and 40 words in the backward at 128
+    # with chunk 32. Not yet timed on a GPU: scripts/bench_kernels.py --tune sweeps them.
+    maxnreg_fwd: int | None = None
+    maxnreg_bwd: int | None = None
 
 
 DEFAULT_CONFIG = ScanConfig()
@@ -115,6 +121,11 @@ def _bc_layouts(B, C, batch: int, dim: int, L: int):
     return b, c, groups
 
 
+def _maxnreg(cap: int | None) -> dict:
+    # the interpreter takes no compile options
+    return {} if cap is None or tu.interpreting() else {"maxnreg": cap}
+
+
 def _lastdim_contig(x):
     return x if x is None or x.stride(-1) == 1 else x.contiguous()
 
@@ -143,7 +154,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, softplus, cfg, long_sequence, stor
     common = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
                   B_VAR=b_var, C_VAR=c_var, STORE_CKPT=store_ckpt, STORE_LAST=store_last and not store_ckpt,
                   BLOCK_N=BN, BLOCK_L=BL, CHUNK=CH,
-                  num_warps=cfg.warps_fwd)
+                  num_warps=cfg.warps_fwd, **_maxnreg(cfg.maxnreg_fwd))
     args = (u, delta, A, Bt, Ct, D if D is not None else A, zz, delta_bias if delta_bias is not None else A)
     strides = (dim, L, N, dim // groups, n_chunks, seg_iters,
                u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
@@ -217,7 +228,8 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, cfg, 
     sdB = (dB.stride(0), dB.stride(1), dB.stride(2), dB.stride(3)) if b_var else (0, 0, 0, 0)
     sdC = (dC.stride(0), dC.stride(1), dC.stride(2), dC.stride(3)) if c_var else (0, 0, 0, 0)
     common = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-                  B_VAR=b_var, C_VAR=c_var, BLOCK_N=BN, BLOCK_L=CH, num_warps=cfg.warps_bwd)
+                  B_VAR=b_var, C_VAR=c_var, BLOCK_N=BN, BLOCK_L=CH, num_warps=cfg.warps_bwd,
+                  **_maxnreg(cfg.maxnreg_bwd))
     ins = (u, delta, A, Bt, Ct, D if D is not None else A, zz, delta_bias if delta_bias is not None else A, dout, ckpt)
     sizes = (dim, L, N, dim // groups, n_chunks, seg_iters, P, width,
              u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),

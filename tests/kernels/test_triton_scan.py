@@ -179,6 +179,14 @@ def test_output_keeps_a_channel_first_memory_order():
     check(inp)
 
 
+def test_register_caps_and_chunk_32():
+    # capped registers (on a GPU: spills; the interpreter has no registers and ignores the caps) and the
+    # 32-step checkpoint interval leave the results alone
+    from ssmbench.kernels.selective_scan.triton_scan import ScanConfig
+    cfg = ScanConfig(block_l_fwd=64, chunk=32, maxnreg_fwd=128, maxnreg_bwd=128)
+    check(make_inputs(2, 4, 150, 16, seed=19), config=cfg)
+
+
 def test_noncontiguous_inputs():
     inp = make_inputs(2, 3, 50, 4, seed=14)
     inp["u"] = inp["u"].transpose(1, 2).contiguous().transpose(1, 2)  # [batch, L, dim] memory, viewed
