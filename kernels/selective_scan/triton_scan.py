@@ -66,7 +66,7 @@ class ScanConfig:
     # Caps on registers per thread (ptxas maxrregcount; None: the compiler's choice, 255 for both kernels). At 255
     # a one-warp program leaves 8 warps per SM, too few to hide the backward's atomics; a compile for sm_90a
     # (scripts/triton_aot_check.py) spills nothing in the forward at 168 and 40 words in the backward at 128
-    # with chunk 32. Not yet timed on a GPU: scripts/bench_kernels.py --tune sweeps them.
+    # with chunk 32. Not yet timed on a GPU: `scripts/bench_kernels.py --sections regs` sweeps them.
     maxnreg_fwd: int | None = None
     maxnreg_bwd: int | None = None
 
