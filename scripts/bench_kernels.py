@@ -249,20 +249,24 @@ def regs():
     """Register caps (ScanConfig.maxnreg_fwd / maxnreg_bwd) against occupancy: at 255 registers a one-warp
     program leaves 8 warps per SM. Forward and backward timed separately at the paper config and batch 8."""
     log("== regs: register caps of the forward and backward kernels (ms)")
-    for (B, D, L) in [(1, 1024, 32768), (8, 1536, 4096)]:
+    # At L = 2048 the paper config's 1024 one-warp programs are all resident at once, each walking 16 blocks:
+    # latency-bound. There the long-sequence split (more, shorter programs) is timed with each cap too.
+    for (B, D, L) in [(1, 1024, 2048), (1, 1024, 32768), (8, 1536, 4096)]:
         inp = scan_inputs(B, D, L)
         args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
         dout = torch.randn_like(inp["u"])
         for cap in (None, 168, 128):
-            cfg = dataclasses.replace(ts.DEFAULT_CONFIG, maxnreg_fwd=cap)
-            for store in (True, False):
-                try:
-                    ms = bench(lambda: ts._fwd(*args, True, cfg, False, store, not store))
-                except Exception as e:  # out of resources etc.
-                    log(f"  fwd cap {cap}: {type(e).__name__} {str(e)[:100]}")
-                    continue
-                row(section="regs", pass_="fwd", B=B, D=D, L=L, chunk=cfg.chunk, maxnreg=cap or 255,
-                    stores="checkpoints" if store else "last state", ms=ms)
+            for tw in ((None, 16, 32, 64) if L <= 2048 else (None,)):  # forced split: warps per SM aimed at
+                cfg = dataclasses.replace(ts.DEFAULT_CONFIG, maxnreg_fwd=cap, target_warps_per_sm=tw or 128)
+                for store in (True, False):
+                    try:
+                        ms = bench(lambda: ts._fwd(*args, True, cfg, tw is not None, store, not store))
+                    except Exception as e:  # out of resources etc.
+                        log(f"  fwd cap {cap}: {type(e).__name__} {str(e)[:100]}")
+                        continue
+                    row(section="regs", pass_="fwd", B=B, D=D, L=L, chunk=cfg.chunk, maxnreg=cap or 255,
+                        stores="checkpoints" if store else "last state",
+                        segments=ts.LAST_LAUNCH["fwd_segments"], ms=ms)
         for chunk in (64, 32):
             for cap in (None, 200, 168, 128):
                 cfg = dataclasses.replace(ts.DEFAULT_CONFIG, chunk=chunk, maxnreg_bwd=cap)
