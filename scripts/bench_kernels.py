@@ -256,15 +256,17 @@ def regs():
         args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
         dout = torch.randn_like(inp["u"])
         for cap in (None, 168, 128):
-            for tw in ((None, 16, 32, 64) if L <= 2048 else (None,)):  # forced split: warps per SM aimed at
-                cfg = dataclasses.replace(ts.DEFAULT_CONFIG, maxnreg_fwd=cap, target_warps_per_sm=tw or 128)
+            for tw, bl in ([(None, 128), (None, 64), (16, 128), (32, 128), (64, 128), (32, 64)] if L <= 2048
+                           else [(None, 128)]):  # tw: forced split, warps per SM aimed at; bl: forward block
+                cfg = dataclasses.replace(ts.DEFAULT_CONFIG, maxnreg_fwd=cap, target_warps_per_sm=tw or 128,
+                                          block_l_fwd=bl)
                 for store in (True, False):
                     try:
                         ms = bench(lambda: ts._fwd(*args, True, cfg, tw is not None, store, not store))
                     except Exception as e:  # out of resources etc.
                         log(f"  fwd cap {cap}: {type(e).__name__} {str(e)[:100]}")
                         continue
-                    row(section="regs", pass_="fwd", B=B, D=D, L=L, chunk=cfg.chunk, maxnreg=cap or 255,
+                    row(section="regs", pass_="fwd", B=B, D=D, L=L, block_l=bl, chunk=cfg.chunk, maxnreg=cap or 255,
                         stores="checkpoints" if store else "last state",
                         segments=ts.LAST_LAUNCH["fwd_segments"], ms=ms)
         for chunk in (64, 32):

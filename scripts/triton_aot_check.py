@@ -62,8 +62,9 @@ def main():
     ap.add_argument("--maxnreg", type=int, default=None, help="cap on registers per thread (ptxas -maxrregcount)")
     ap.add_argument("--set", nargs="*", default=[], help="NAME=VALUE constexprs (Python literals)")
     ap.add_argument("--dump", default=None, help="directory for the ttgir / ptx")
+    ap.add_argument("--file", default=None, help="another copy of the kernel file (to try a variant)")
     args = ap.parse_args()
-    fn = load(KERNELS[args.kernel], args.kernel)
+    fn = load(Path(args.file) if args.file else KERNELS[args.kernel], args.kernel)
     names = list(inspect.signature(fn.fn).parameters)
     const = dict(DEFAULTS.get(args.kernel, {}))
     for kv in args.set:
