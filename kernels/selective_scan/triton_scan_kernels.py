@@ -41,6 +41,19 @@ def _softplus(x):
 
 
 @triton.jit
+def _program_coords(dim, dims_per_group, N, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Where a program of either kernel works: grid (batch * dim, segments); program (b * dim + d, seg) owns
+    channel d of batch b (in group g) over segment seg. Returns pid, seg, the number of segments, d, b (int64),
+    g, the state and step offsets of a tile and the mask of real states."""
+    pid = tl.program_id(0)
+    seg = tl.program_id(1)
+    d = pid % dim
+    offs_n = tl.arange(0, BLOCK_N)
+    return (pid, seg, tl.num_programs(1), d, (pid // dim).to(tl.int64), d // dims_per_group, offs_n,
+            tl.arange(0, BLOCK_L), offs_n < N)
+
+
+@triton.jit
 def scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     out_ptr, ckpt_ptr, hinit_ptr, hloc_ptr, dsum_ptr,
@@ -54,27 +67,9 @@ def scan_fwd_kernel(
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_INIT: tl.constexpr, STORE_CKPT: tl.constexpr,
     STORE_LAST: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    pid = tl.program_id(0)  # = b * dim + d
-    seg = tl.program_id(1)
-    n_seg = tl.num_programs(1)
-    b = pid // dim
-    d = pid % dim
-    b64 = b.to(tl.int64)
-    g = d // dims_per_group
-
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_l = tl.arange(0, BLOCK_L)
-    mn = offs_n < N
-
-    A2 = tl.load(A_ptr + d * s_Ad + offs_n * s_An, mask=mn, other=0.0).to(tl.float32) * LOG2E  # exp(x) = exp2(x log2e)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d).to(tl.float32)
-    if not B_VAR:
-        Bf = tl.load(B_ptr + d * s_B0 + offs_n * s_B1, mask=mn, other=0.0).to(tl.float32)
-    if not C_VAR:
-        Cf = tl.load(C_ptr + d * s_C0 + offs_n * s_C1, mask=mn, other=0.0).to(tl.float32)
+    pid, seg, n_seg, d, b64, g, offs_n, offs_l, mn = _program_coords(dim, dims_per_group, N, BLOCK_N, BLOCK_L)
+    _A, A2, bias, Dv, Bf, Cf = _channel_params(d, offs_n, mn, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, s_Ad, s_An,
+                                               s_B0, s_B1, s_C0, s_C1, HAS_D, HAS_BIAS, B_VAR, C_VAR)
 
     # state buffers: [batch, dim, S or n_chunks, N] contiguous; `row` = start of (b, d) in units of one slot
     row = pid.to(tl.int64) * N
@@ -248,18 +243,7 @@ def scan_bwd_kernel(
     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     # BLOCK_L is the checkpoint interval: block `it` starts from checkpoint it - 1.
-    pid = tl.program_id(0)  # = b * dim + d
-    seg = tl.program_id(1)
-    n_seg = tl.num_programs(1)
-    b = pid // dim
-    d = pid % dim
-    b64 = b.to(tl.int64)
-    g = d // dims_per_group
-
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_l = tl.arange(0, BLOCK_L)
-    mn = offs_n < N
-
+    pid, seg, n_seg, d, b64, g, offs_n, offs_l, mn = _program_coords(dim, dims_per_group, N, BLOCK_N, BLOCK_L)
     A, A2, bias, Dv, Bf, Cf = _channel_params(d, offs_n, mn, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, s_Ad, s_An,
                                               s_B0, s_B1, s_C0, s_C1, HAS_D, HAS_BIAS, B_VAR, C_VAR)
     # state-sized buffers: [batch, dim, S or n_chunks, N] contiguous; `row` = start of (b, d) in N-slots
