@@ -177,6 +177,17 @@ def scan_rows(section, batch, dim, L, copy_bw, torch_f=None, flash=False, extra=
     return res
 
 
+def time_bwd(args, dout, cfg, long_sequence=False):
+    """Median ms of the backward alone (its forward's checkpoints made outside the timing), or None with the
+    reason logged when the config cannot run (out of resources etc.)."""
+    try:
+        _, ckpt, _ = ts._fwd(*args, True, cfg, long_sequence, True)
+        return bench(lambda: ts._bwd(dout, None, *args, ckpt, True, cfg, long_sequence))
+    except Exception as e:
+        log(f"  bwd {cfg}: {type(e).__name__} {str(e)[:100]}")
+        return None
+
+
 def tune(copy_bw):
     log("== tune: forward and backward launch parameters (ms)")
     shapes = [(1, 1024, 32768), (8, 1536, 4096)]
@@ -189,11 +200,8 @@ def tune(copy_bw):
         args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
         dout = torch.randn_like(inp["u"])
         for cfg in bwd_cfgs:
-            try:
-                _, ckpt, _ = ts._fwd(*args, True, cfg, False, True)
-                ms = bench(lambda: ts._bwd(dout, None, *args, ckpt, True, cfg, False))
-            except Exception as e:
-                log(f"  bwd {cfg}: {type(e).__name__} {str(e)[:100]}")
+            ms = time_bwd(args, dout, cfg)
+            if ms is None:
                 continue
             row(section="tune_bwd", B=B, D=D, L=L, chunk=cfg.chunk, warps=cfg.warps_bwd, ms=ms)
             best.setdefault(("bwd", B, D, L), []).append((ms, cfg))
@@ -235,8 +243,9 @@ def tune(copy_bw):
         cfg = dataclasses.replace(ts.DEFAULT_CONFIG, target_warps_per_sm=tw)
         ms = bench(lambda: ts._fwd(*args, True, cfg, True, True))
         segs = ts.LAST_LAUNCH["fwd_segments"]
-        _, ckpt, _ = ts._fwd(*args, True, cfg, True, True)
-        msb = bench(lambda: ts._bwd(dout, None, *args, ckpt, True, cfg, True))
+        msb = time_bwd(args, dout, cfg, long_sequence=True)
+        if msb is None:
+            continue
         row(section="tune_long", B=1, D=128, L=2**20, target_warps_per_sm=tw, fwd_segments=segs, fwd_ms=ms,
             bwd_segments=ts.LAST_LAUNCH["bwd_segments"], bwd_ms=msb)
         best.setdefault("long", []).append((ms + msb, tw))
@@ -271,12 +280,8 @@ def regs():
                         segments=ts.LAST_LAUNCH["fwd_segments"], ms=ms)
         for chunk in (64, 32):
             for cap in (None, 200, 168, 128):
-                cfg = dataclasses.replace(ts.DEFAULT_CONFIG, chunk=chunk, maxnreg_bwd=cap)
-                try:
-                    _, ckpt, _ = ts._fwd(*args, True, cfg, False, True)
-                    ms = bench(lambda: ts._bwd(dout, None, *args, ckpt, True, cfg, False))
-                except Exception as e:
-                    log(f"  bwd chunk {chunk} cap {cap}: {type(e).__name__} {str(e)[:100]}")
+                ms = time_bwd(args, dout, dataclasses.replace(ts.DEFAULT_CONFIG, chunk=chunk, maxnreg_bwd=cap))
+                if ms is None:
                     continue
                 row(section="regs", pass_="bwd", B=B, D=D, L=L, chunk=chunk, maxnreg=cap or 255, ms=ms)
         del inp, args, dout

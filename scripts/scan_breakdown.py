@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import io
 import json
 import pstats
@@ -201,14 +202,11 @@ def kernels():
 
 # ------------------------------------------------------------------------------------------------ variants
 
-def _patched_kernels(drop_atomics: bool):
-    """A copy of the kernel file with the dB/dC atomics commented out (to price them), loaded as a module."""
-    src = ts._KERNELS.read_text()
-    if drop_atomics:
-        src, n = re.subn(r"^(\s*)tl\.atomic_add\(", r"\1pass  # tl.atomic_add(", src, flags=re.M)
-        assert n == 2, n
-        src = src.replace("pass  # tl.atomic_add(dB_base + t[None, :], lx, mask=mnt, sem=\"relaxed\")", "pass")
-        src = src.replace("pass  # tl.atomic_add(dC_base + t[None, :], hg, mask=mnt, sem=\"relaxed\")", "pass")
+def _kernels_without_atomics():
+    """A copy of the kernel file with the dB/dC atomics replaced by `pass` (to price them; wrong gradients),
+    loaded as a module."""
+    src, n = re.subn(r"^(\s*)tl\.atomic_add\(.*$", r"\1pass", ts._KERNELS.read_text(), flags=re.M)
+    assert n == 2, n
     path = Path(tempfile.mkdtemp()) / "scan_kernels_variant.py"
     path.write_text(src)
     return tu.load_kernels(path)
@@ -239,10 +237,20 @@ def _bwd_layouts(K):
     return []
 
 
+def _fwdbwd_row(name, cfg, shapes):
+    r = dict(variant=name)
+    for (b, d, L) in shapes:
+        inp = inputs(b, d, L)
+        fb, grads = fwdbwd_fn(inp, cfg)
+        r[f"B{b}D{d}L{L}"] = gpu_ms(fb, grads)
+        del inp, fb, grads
+    r["regs/spills"] = _bwd_regs(ts._k())
+    return r
+
+
 def variants():
     shapes = [(1, 1024, 512), (1, 1024, 4096), (1, 1024, 32768), (8, 1536, 4096)]
     base = ts.DEFAULT_CONFIG
-    import dataclasses
     cfgs = {
         "default": base,
         "chunk 32": dataclasses.replace(base, chunk=32),
@@ -252,31 +260,15 @@ def variants():
     orig_k = ts._k
     try:
         for name, cfg in cfgs.items():
-            r = dict(variant=name)
-            for (b, d, L) in shapes:
-                inp = inputs(b, d, L)
-                fb, grads = fwdbwd_fn(inp, cfg)
-                r[f"B{b}D{d}L{L}"] = gpu_ms(fb, grads)
-                del inp, fb, grads
-            r["regs/spills"] = _bwd_regs(ts._k())
-            if name.startswith("default"):
+            rows.append(_fwdbwd_row(name, cfg, shapes))
+            if cfg is base:
                 MD.extend(["\n## backward kernel layouts (TTGIR), default config\n", "```", *_bwd_layouts(ts._k()), "```"])
                 log("\n".join(MD[-6:]))
-            rows.append(r)
             if hasattr(ts._k().scan_bwd_kernel, "device_caches"):  # so the next row lists its own kernels
                 ts._k().scan_bwd_kernel.device_caches.clear()
-        for name in ["no dB/dC atomics (wrong grads)"]:
-            kmod = _patched_kernels(True)
-            ts._k = lambda m=kmod: m
-            cfg = base
-            r = dict(variant=name)
-            for (b, d, L) in shapes:
-                inp = inputs(b, d, L)
-                fb, grads = fwdbwd_fn(inp, cfg)
-                r[f"B{b}D{d}L{L}"] = gpu_ms(fb, grads)
-                del inp, fb, grads
-            r["regs/spills"] = _bwd_regs(ts._k())
-            rows.append(r)
+        kmod = _kernels_without_atomics()
+        ts._k = lambda: kmod
+        rows.append(_fwdbwd_row("no dB/dC atomics (wrong grads)", base, shapes))
     finally:
         ts._k = orig_k
     table("variants: forward+backward ms", rows)
