@@ -14,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssmbench.kernels.causal_conv1d import causal_conv1d_fn, causal_conv1d_update
+
 from .layers.base import SequenceLayer
+from .layers.s6 import decode_backend, rows_as_batched
 from .registry import build_layer
 
 NORMS = ("rmsnorm", "layernorm")
@@ -129,9 +132,6 @@ class MambaBlock(Block):
         transposed operand. The weight gradients stay single GEMMs. The token-major path instead transposes x, z,
         delta, B, C and y around the scan; in an H200 prefill those strided copies took as long as the scan
         itself (results/generation/prefill_profile*.md)."""
-        from ssmbench.kernels.causal_conv1d import causal_conv1d_fn
-        from .layers.s6 import decode_backend, rows_as_batched
-
         Bsz, L, d = x.shape
         E = self.d_inner
         xz = self.in_proj.weight @ x.reshape(Bsz * L, d).t()  # [2E, B * L]
@@ -159,8 +159,6 @@ class MambaBlock(Block):
         """One token through the block's mixer, with the fused decode kernels on CUDA (causal_conv1d_update,
         and S6's selective_state_update); the plain PyTorch steps elsewhere. The given state is left untouched
         unless `inplace`, which advances its tensors in place (static buffers, CUDA graphs)."""
-        from ssmbench.kernels.causal_conv1d import causal_conv1d_update
-
         conv_state, layer_state = state
         if not inplace:
             conv_state = conv_state.clone()
