@@ -54,6 +54,16 @@ def _program_coords(dim, dims_per_group, N, BLOCK_N: tl.constexpr, BLOCK_L: tl.c
 
 
 @triton.jit
+def _segment_entry(ptr, row, n_seg, seg, N, offs_n, mn, GIVEN: tl.constexpr, BLOCK_N: tl.constexpr):
+    """What enters segment seg of a channel (the state going forward, the adjoint carry going backward) from a
+    [batch, dim, S, N] buffer whose channel starts at `row`, or zeros when none is given."""
+    if GIVEN:
+        return tl.load(ptr + row * n_seg + seg * N + offs_n, mask=mn, other=0.0)
+    else:
+        return tl.zeros([BLOCK_N], dtype=tl.float32)
+
+
+@triton.jit
 def scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr,
     out_ptr, ckpt_ptr, hinit_ptr, hloc_ptr, dsum_ptr,
@@ -73,10 +83,7 @@ def scan_fwd_kernel(
 
     # state buffers: [batch, dim, S or n_chunks, N] contiguous; `row` = start of (b, d) in units of one slot
     row = pid.to(tl.int64) * N
-    if HAS_INIT:
-        h = tl.load(hinit_ptr + row * n_seg + seg * N + offs_n, mask=mn, other=0.0)
-    else:
-        h = tl.zeros([BLOCK_N], dtype=tl.float32)
+    h = _segment_entry(hinit_ptr, row, n_seg, seg, N, offs_n, mn, HAS_INIT, BLOCK_N)
     if LOCAL:
         dsum = 0.0
 
@@ -248,10 +255,7 @@ def scan_bwd_kernel(
                                               s_B0, s_B1, s_C0, s_C1, HAS_D, HAS_BIAS, B_VAR, C_VAR)
     # state-sized buffers: [batch, dim, S or n_chunks, N] contiguous; `row` = start of (b, d) in N-slots
     row = pid.to(tl.int64) * N
-    if HAS_CARRY:
-        carry = tl.load(carry_ptr + row * n_seg + seg * N + offs_n, mask=mn, other=0.0)
-    else:
-        carry = tl.zeros([BLOCK_N], dtype=tl.float32)
+    carry = _segment_entry(carry_ptr, row, n_seg, seg, N, offs_n, mn, HAS_CARRY, BLOCK_N)
     acc_n = tl.zeros([BLOCK_N], dtype=tl.float32)  # dA
     acc_B = tl.zeros([BLOCK_N], dtype=tl.float32)  # fixed dB
     acc_C = tl.zeros([BLOCK_N], dtype=tl.float32)  # fixed dC
