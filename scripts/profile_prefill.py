@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile
 
+from ssmbench.env import environment
 from ssmbench.generation import GenerationConfig, build_model, make_decoder
 from ssmbench.models.lm import ModelConfig
 
@@ -56,7 +58,10 @@ def main():
         torch.cuda.empty_cache()
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "prefill_profile.md").write_text("# Prefill profile\n" + "\n".join(lines) + "\n")
+        env = environment(dev)
+        head = (f"{env['device']} | torch {env['torch']} | triton {env['triton']} | CUDA {env.get('cuda')} | "
+                f"commit {env['commit']} | {time.strftime('%Y-%m-%d')}")
+        (Path(args.out) / "prefill_profile.md").write_text("# Prefill profile\n\n" + head + "\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

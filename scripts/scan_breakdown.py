@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 from triton.testing import do_bench
 
+from ssmbench.env import git_commit
 from ssmbench.kernels.selective_scan import triton_scan as ts
 from ssmbench.kernels.selective_scan import triton_util as tu
 from ssmbench.kernels.selective_scan.triton_scan import ScanConfig, selective_scan_triton
@@ -300,7 +301,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     p = torch.cuda.get_device_properties(0)
     MD.append(f"# Scan time breakdown\n\n{p.name} | torch {torch.__version__} | triton {triton.__version__} | "
-              f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+              f"commit {git_commit()} | {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     t0 = time.time()
     try:
         for s in args.sections.split(","):
