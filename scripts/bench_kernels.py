@@ -10,6 +10,7 @@ Sections (times are triton.testing.do_bench medians, ms):
            FlashAttention-2 (head dim 64, 16 heads, bf16)
   b8       batch 8, dim 1536, L 4096, same settings
   regs     register caps (maxnreg) of the forward and backward kernels, chunk 64 and 32 (not in the default list)
+  split    the long-sequence split forced on grids that fill the GPU only once (not in the default list)
   narrow   batch 1, dim 128, N 16, L 2^20 with the long-sequence path forced on and off
   memory   peak memory of fwd+bwd at L = 2^16 (paper config) against the bytes of inputs + outputs + grads
   conv     causal conv1d (W 4, silu) triton vs the F.conv1d reference;  decode: one selective_state_update step
@@ -288,6 +289,29 @@ def regs():
         torch.cuda.empty_cache()
 
 
+def split():
+    """The long-sequence split (more, shorter programs, plus a pass for the carries) forced where the heuristic
+    does not take it: at batch 1, dim 1024 the 1024 one-warp programs leave ~8 warps per SM, too few to hide the
+    backward's atomics and the scans' latencies. target_warps_per_sm sets how many segments."""
+    log("== split: forced long-sequence split at grids of one wave (ms)")
+    for (B, D, L) in [(1, 1024, 8192), (1, 1024, 32768), (1, 1024, 131072), (8, 1536, 4096)]:
+        inp = scan_inputs(B, D, L)
+        args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+        dout = torch.randn_like(inp["u"])
+        for tw in (None, 16, 24, 32, 64):
+            cfg = dataclasses.replace(ts.DEFAULT_CONFIG, target_warps_per_sm=tw or 128)
+            forced = tw is not None
+            ms = bench(lambda: ts._fwd(*args, True, cfg, forced, True))
+            row(section="split", pass_="fwd", B=B, D=D, L=L, target_warps_per_sm=tw or 0,
+                segments=ts.LAST_LAUNCH["fwd_segments"], ms=ms)
+            msb = time_bwd(args, dout, cfg, long_sequence=forced)
+            if msb is not None:
+                row(section="split", pass_="bwd", B=B, D=D, L=L, target_warps_per_sm=tw or 0,
+                    segments=ts.LAST_LAUNCH["bwd_segments"], ms=msb)
+        del inp, args, dout
+        torch.cuda.empty_cache()
+
+
 def narrow(copy_bw):
     log("== narrow-long: batch 1, dim 128, N 16, L 2^20")
     inp = scan_inputs(1, 128, 2**20)
@@ -432,6 +456,8 @@ def main():
             scan_rows("b8", 8, 1536, 4096, copy_bw, torch_f=torch_backend())
         if "regs" in sections:
             regs()
+        if "split" in sections:
+            split()
         if "narrow" in sections:
             narrow(copy_bw)
         if "memory" in sections:
