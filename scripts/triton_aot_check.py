@@ -37,7 +37,7 @@ KERNELS = {
 # parameters of ScanConfig's defaults. Strides equal to 1 are constants in a real launch.
 DEFAULTS = {
     "scan_bwd_kernel": dict(LOCAL=False, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, B_VAR=True,
-                            C_VAR=True, HAS_CARRY=False, BLOCK_N=16, BLOCK_L=64, s_An=1),
+                            C_VAR=True, HAS_CARRY=False, BLOCK_N=16, BLOCK_L=64, FLIP_XOR=15, s_An=1),
     "scan_fwd_kernel": dict(LOCAL=False, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, B_VAR=True,
                             C_VAR=True, HAS_INIT=False, STORE_CKPT=True, STORE_LAST=False, BLOCK_N=16,
                             BLOCK_L=128, CHUNK=64, s_An=1),
@@ -88,6 +88,10 @@ def main():
             print(line.split(" = ", 1)[1][:120])
     atomics = re.findall(r"\b(?:red|atom)\.[\w.]+", ptx)
     print("atomics:", {a: atomics.count(a) for a in sorted(set(atomics))})
+    # Layout conversions (with one warp they lower to shuffles) and duplicated scans (the compiler recomputes a
+    # scan in a second layout rather than convert its result) are what the SHFL count of the SASS below shows.
+    print("ttgir: convert_layout", ttgir.count("ttg.convert_layout"), "| scans", ttgir.count('"tt.scan"'),
+          "| reductions", ttgir.count('"tt.reduce"'))
     out = Path(args.dump) if args.dump else Path("/tmp")
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.kernel}.ttgir").write_text(ttgir)
@@ -98,6 +102,14 @@ def main():
     for line in r.stderr.splitlines():
         if "registers" in line or "spill" in line or "rror" in line:
             print(line.strip())
+    cuobjdump = os.path.join(os.path.dirname(ptxas), "cuobjdump")
+    if r.returncode == 0 and os.path.exists(cuobjdump):  # static SASS instruction mix (the loop body dominates)
+        sass = subprocess.run([cuobjdump, "-sass", str(out / f"{args.kernel}.cubin")], capture_output=True,
+                              text=True).stdout
+        (out / f"{args.kernel}.sass").write_text(sass)
+        ops = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9]*)", sass)
+        top = sorted({o: ops.count(o) for o in set(ops)}.items(), key=lambda kv: -kv[1])[:10]
+        print(f"sass: {len(ops)} instructions;", ", ".join(f"{o} {n}" for o, n in top))
     return r.returncode
 
 

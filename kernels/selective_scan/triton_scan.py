@@ -29,6 +29,7 @@ exp(A sum dt)); (2) a small sequential pass over the S segments gives each segme
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import torch
@@ -195,7 +196,55 @@ def _n_copies(one_bytes: int, dims_per_group: int, u: torch.Tensor) -> int:
     return int(max(1, min(16, dims_per_group, budget // max(one_bytes, 1))))
 
 
+# Verdicts on compiled backward kernels (CompiledKernel.hash -> bool): does the tile layout fit _flip_steps?
+_FLIP_OK: dict = {}
+_BLOCKED = re.compile(r"^(#\w+) = #ttg\.blocked<\{sizePerThread = \[(.*?)\], threadsPerWarp = \[(.*?)\], "
+                      r"warpsPerCTA = \[(.*?)\], order = \[(.*?)\]", re.M)
+_INLINE_ASM = re.compile(r"tt\.elementwise_inline_asm .*-> tensor<\d+x(\d+)xf32, (#\w+)>")
+
+
+def _flip_lane_xor(block_l: int) -> int:
+    """The lane mask _flip_steps needs for a [*, block_l] tile of 4 steps per thread (0: not applicable)."""
+    if tu.interpreting() or block_l < 8 or block_l > 128:
+        return 0
+    return block_l // 4 - 1
+
+
+def _flip_fits(kernel, block_l: int) -> bool:
+    """Whether every tile that a compiled backward reverses with _flip_steps has the layout that function assumes:
+    4 consecutive steps per thread, block_l / 4 lanes along L in the low lane bits, one warp along L. Read from
+    the kernel's TTGIR once per compiled kernel."""
+    key = getattr(kernel, "hash", None)
+    if key is None or key not in _FLIP_OK:
+        ttgir = kernel.asm["ttgir"] if kernel is not None else ""
+        layouts = {m[0]: [[int(v) for v in g.split(",")] for g in m[1:]] for m in _BLOCKED.findall(ttgir)}
+        uses = _INLINE_ASM.findall(ttgir)
+        ok = bool(uses) and all(int(width) == block_l and layouts.get(alias) is not None
+                                and layouts[alias][0] == [1, 4] and layouts[alias][1][1] == block_l // 4
+                                and layouts[alias][2][1] == 1 and layouts[alias][3] == [1, 0]
+                                for width, alias in uses)
+        if key is None:
+            return ok
+        _FLIP_OK[key] = ok
+    return _FLIP_OK[key]
+
+
 def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, cfg, long_sequence):
+    """-> (du, d(delta), dA, dB, dC, dD, dz, d(delta_bias)). Reverse scans use _flip_steps where the compiled
+    kernel's layout fits it (checked on its first launch; otherwise the work is redone with reverse=True)."""
+    flip = _flip_lane_xor(cfg.chunk)
+    if flip:
+        grads, kernels = _bwd_launch(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, cfg,
+                                     long_sequence, flip)
+        if all(_flip_fits(k, cfg.chunk) for k in kernels):
+            LAST_LAUNCH.update(bwd_reverse="flip")
+            return grads
+    LAST_LAUNCH.update(bwd_reverse="reverse scan")
+    return _bwd_launch(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, cfg, long_sequence, 0)[0]
+
+
+def _bwd_launch(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, cfg, long_sequence, flip):
+    """The backward's launches with the given FLIP_XOR -> (gradients, the compiled scan_bwd kernels launched)."""
     batch, dim, L = u.shape
     N = A.shape[1]
     dev = u.device
@@ -228,7 +277,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, cfg, 
     sdB = (dB.stride(0), dB.stride(1), dB.stride(2), dB.stride(3)) if b_var else (0, 0, 0, 0)
     sdC = (dC.stride(0), dC.stride(1), dC.stride(2), dC.stride(3)) if c_var else (0, 0, 0, 0)
     common = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=softplus,
-                  B_VAR=b_var, C_VAR=c_var, BLOCK_N=BN, BLOCK_L=CH, num_warps=cfg.warps_bwd,
+                  B_VAR=b_var, C_VAR=c_var, BLOCK_N=BN, BLOCK_L=CH, FLIP_XOR=flip, num_warps=cfg.warps_bwd,
                   **_maxnreg(cfg.maxnreg_bwd))
     ins = (u, delta, A, Bt, Ct, D if D is not None else A, zz, delta_bias if delta_bias is not None else A, dout, ckpt)
     sizes = (dim, L, N, dim // groups, n_chunks, seg_iters, P, width,
@@ -239,19 +288,21 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, cfg, 
     K = _k()
     grid = (batch * dim, S)
     carry = None
+    kernels = []
     if dlast is not None:
         dlast = dlast.to(f32).contiguous()
     if S > 1:
         muloc = tu.alloc((batch, dim, S, N), f32, dev)
         dsum = tu.alloc((batch, dim, S), f32, dev)
-        K.scan_bwd_kernel[grid](*ins, ckpt, du, ddelta, dzz, dBp, dCp, part, muloc, dsum, *sizes,
-                                LOCAL=True, HAS_CARRY=False, **common)
+        kernels.append(K.scan_bwd_kernel[grid](*ins, ckpt, du, ddelta, dzz, dBp, dCp, part, muloc, dsum, *sizes,
+                                               LOCAL=True, HAS_CARRY=False, **common))
         carry = tu.alloc((batch, dim, S, N), f32, dev)
         _carry(K, muloc, dsum, A, dlast, carry, reverse=True)
     elif dlast is not None:
         carry = dlast.view(batch, dim, 1, N)
-    K.scan_bwd_kernel[grid](*ins, carry if carry is not None else ckpt, du, ddelta, dzz, dBp, dCp, part, part,
-                            part, *sizes, LOCAL=False, HAS_CARRY=carry is not None, **common)
+    kernels.append(K.scan_bwd_kernel[grid](*ins, carry if carry is not None else ckpt, du, ddelta, dzz, dBp, dCp,
+                                           part, part, part, *sizes, LOCAL=False, HAS_CARRY=carry is not None,
+                                           **common))
     part = part.sum(0)
     cols = iter(part.split([N] * (1 + (not b_var) + (not c_var)) + [1] * ((D is not None) + (delta_bias is not None)),
                            dim=1))
@@ -266,7 +317,7 @@ def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, cfg, 
             acc = acc.to(B.dtype)  # one conversion for both
     dB = acc[0] if b_var else dBf
     dC = acc[n_var - 1] if c_var else dCf
-    return du, ddelta, dA, dB, dC, dD, dz, dbias
+    return (du, ddelta, dA, dB, dC, dD, dz, dbias), kernels
 
 
 class SelectiveScanTriton(torch.autograd.Function):

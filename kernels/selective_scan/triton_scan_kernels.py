@@ -36,6 +36,24 @@ def _combine_adjoint(f_l, k_l, g_l, f_e, k_e, g_e):
 
 
 @triton.jit
+def _flip_steps(x, LANE_XOR: tl.constexpr):
+    """An fp32 [BLOCK_N, BLOCK_L] tile reversed along L, for one layout only: 4 consecutive steps per thread, the
+    steps of a row spread over LANE_XOR + 1 lanes of one warp in the low lane bits (checked for each compiled
+    kernel by triton_scan._flip_checked; 0 elsewhere, where the scan runs with reverse=True). Element j of a
+    thread takes element 3 - j of lane ^ LANE_XOR: one shuffle per element. Triton 3.6 lowers a reverse scan as
+    flip, scan, flip with a 5-stage butterfly per element: 960 of the backward's ~1260 shuffles per block."""
+    return tl.inline_asm_elementwise(
+        asm="""
+        shfl.sync.bfly.b32 $0, $7, $8, 0x1f, 0xffffffff;
+        shfl.sync.bfly.b32 $1, $6, $8, 0x1f, 0xffffffff;
+        shfl.sync.bfly.b32 $2, $5, $8, 0x1f, 0xffffffff;
+        shfl.sync.bfly.b32 $3, $4, $8, 0x1f, 0xffffffff;
+        """,
+        constraints="=r,=r,=r,=r,r,r,r,r,r,r,r,r", args=[x, tl.full(x.shape, LANE_XOR, tl.int32)],
+        dtype=tl.float32, is_pure=True, pack=4)
+
+
+@triton.jit
 def _softplus(x):
     return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
 
@@ -151,7 +169,7 @@ def scan_fwd_kernel(
 def _bwd_channel_chunk(t, mt, offs_l, u_base, dl_base, z_base, go_base, du_base, ddt_base, dz_base,
                        A, A2, bias, Dv, Bx, Cx, h0, carry,
                        LOCAL: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-                       SOFTPLUS: tl.constexpr, BLOCK_L: tl.constexpr):
+                       SOFTPLUS: tl.constexpr, BLOCK_L: tl.constexpr, FLIP_XOR: tl.constexpr):
     """One channel, one block of steps, last block first. Bx, Cx: [BLOCK_N, BLOCK_L] tiles (time-varying) or
     [BLOCK_N, 1] columns (fixed); h0: the state before the block (its checkpoint); carry = a_{t1} lam_{t1},
     what the steps after the block send back into its last state. Stores du, d(delta) and dz of the block.
@@ -188,8 +206,14 @@ def _bwd_channel_chunk(t, mt, offs_l, u_base, dl_base, z_base, go_base, du_base,
             tl.store(dz_base + t, dz, mask=mt)
     # adjoint of the state: lam_t = gy_t C_t + a_{t+1} lam_{t+1}
     ones = tl.full(a.shape, 1.0, tl.float32)
-    _f, kk, gg = tl.associative_scan((a, ones, gy[None, :] * Cx), axis=1, combine_fn=_combine_adjoint,
-                                     reverse=True)
+    if FLIP_XOR > 0:  # the reverse scan as a forward scan of the reversed tile (same argument order)
+        _f, kk, gg = tl.associative_scan((_flip_steps(a, FLIP_XOR), ones, _flip_steps(gy[None, :] * Cx, FLIP_XOR)),
+                                         axis=1, combine_fn=_combine_adjoint)
+        kk = _flip_steps(kk, FLIP_XOR)
+        gg = _flip_steps(gg, FLIP_XOR)
+    else:
+        _f, kk, gg = tl.associative_scan((a, ones, gy[None, :] * Cx), axis=1, combine_fn=_combine_adjoint,
+                                         reverse=True)
     lam = gg + kk * carry[:, None]
     carry = tl.sum(tl.where(offs_l[None, :] == 0, a * lam, 0.0), axis=1)
     if LOCAL:
@@ -248,6 +272,7 @@ def scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_CARRY: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr,
+    FLIP_XOR: tl.constexpr,  # > 0: reverse scans through _flip_steps with this lane mask; 0: reverse=True
 ):
     # BLOCK_L is the checkpoint interval: block `it` starts from checkpoint it - 1.
     pid, seg, n_seg, d, b64, g, offs_n, offs_l, mn = _program_coords(dim, dims_per_group, N, BLOCK_N, BLOCK_L)
@@ -282,12 +307,17 @@ def scan_bwd_kernel(
         t = it * BLOCK_L + offs_l
         mt = t < L
         mnt = mn[:, None] & mt[None, :]
+        # B and C are read as 4-step vectors, the width of the fp32 dB/dC atomics: with 8-step (16-byte bf16)
+        # vectors the tiles took two layouts, and Triton converted between them or computed the state scan twice
+        t4 = t
+        if BLOCK_L >= 4:
+            t4 = tl.max_contiguous(tl.multiple_of(t, 4), 4)
         if B_VAR:
-            Bx = tl.load(B_base + t[None, :], mask=mnt, other=0.0).to(tl.float32)
+            Bx = tl.load(B_base + t4[None, :], mask=mnt, other=0.0).to(tl.float32)
         else:
             Bx = Bf[:, None]
         if C_VAR:
-            Cx = tl.load(C_base + t[None, :], mask=mnt, other=0.0).to(tl.float32)
+            Cx = tl.load(C_base + t4[None, :], mask=mnt, other=0.0).to(tl.float32)
         else:
             Cx = Cf[:, None]
         h0 = tl.load(ckpt_ptr + row * n_chunks + tl.maximum(it - 1, 0) * N + offs_n, mask=mn, other=0.0)
@@ -295,7 +325,7 @@ def scan_bwd_kernel(
         carry, lx, hg, dA_p, dD_p, db_p = _bwd_channel_chunk(
             t, mt, offs_l, u_ptr + off_u, delta_ptr + off_d, z_ptr + off_z, dout_ptr + off_g,
             du_ptr + off_o, ddelta_ptr + off_o, dz_ptr + off_o, A, A2, bias, Dv, Bx, Cx, h0,
-            carry, LOCAL, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_L)
+            carry, LOCAL, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_L, FLIP_XOR)
         acc_D += dD_p
         if not LOCAL:
             acc_n += dA_p

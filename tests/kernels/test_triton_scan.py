@@ -8,6 +8,12 @@ element the kernels never write fails the comparison.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -194,6 +200,32 @@ def test_noncontiguous_inputs():
     check(inp)
 
 
+def test_flip_layout_check_on_the_sm90_compile(tmp_path):
+    # On a GPU the backward reverses its tiles with warp shuffles written for one register layout, and
+    # _flip_fits must accept the layout Triton gives the backward and reject any other (the backward then redoes
+    # the work with reverse=True scans). Compiled ahead of time for sm_90, no GPU needed.
+    from ssmbench.kernels.selective_scan.triton_scan import _flip_fits
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, str(root / "scripts/triton_aot_check.py"), "--kernel", "scan_bwd_kernel",
+                        "--dump", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    path = tmp_path / "scan_bwd_kernel.ttgir"
+    if not path.exists():
+        pytest.skip(f"this triton cannot compile for sm_90 here: {r.stderr[-400:]}")
+    ttgir = path.read_text()
+
+    def fits(text, block_l=64):
+        return _flip_fits(SimpleNamespace(asm={"ttgir": text}, hash=None), block_l)
+
+    assert "tt.elementwise_inline_asm" in ttgir
+    assert fits(ttgir), "the layout of the paper config's backward no longer fits _flip_steps"
+    assert not fits(ttgir, block_l=32)  # the tile is 64 steps wide
+    assert not fits(ttgir.replace("sizePerThread = [1, 4]", "sizePerThread = [1, 8]"))
+    assert not fits(ttgir.replace("threadsPerWarp = [2, 16]", "threadsPerWarp = [4, 8]"))
+    assert not fits(ttgir.replace("tt.elementwise_inline_asm", "tt.something_else"))
+
+
 def test_dispatch_and_errors(monkeypatch):
     inp = make_inputs(1, 2, 20, 4, seed=15)
     y = selective_scan(**inp, delta_softplus=True, backend="triton")
@@ -214,6 +246,18 @@ def test_dispatch_and_errors(monkeypatch):
 @pytest.mark.parametrize("bc", ["var", "groups", "fixed", "mixed"])
 def test_gpu_shapes(L, bc):
     check(make_inputs(2, 96, L, 16, bc=bc, groups=4 if bc == "groups" else 1, seed=L))
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("chunk", [32, 64, 128])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 1e-2)])
+def test_gpu_backward_reverses_tiles_in_registers(chunk, dtype, tol):
+    # the fast reverse (_flip_steps) must be what runs for the usual layouts, and give the reference's gradients
+    from ssmbench.kernels.selective_scan.triton_scan import ScanConfig
+    launch = check(make_inputs(2, 64, 3000, 16, dtype=dtype, seed=chunk), tol=tol,
+                   config=ScanConfig(block_l_fwd=64, chunk=chunk))
+    assert launch["bwd_reverse"] == "flip"
 
 
 @pytest.mark.gpu
