@@ -9,7 +9,8 @@ Sections (times are triton.testing.do_bench medians, ms):
            fwd and fwd+bwd, the "torch" backend (when kernels/selective_scan/torch_scan.py exists), causal SDPA
            FlashAttention-2 (head dim 64, 16 heads, bf16)
   b8       batch 8, dim 1536, L 4096, same settings
-  regs     register caps (maxnreg) of the forward and backward kernels, chunk 64 and 32 (not in the default list)
+  regs     register caps (maxnreg) of the forward and backward kernels, chunk 64 and 32 (not in the default list;
+           regs_bwd: the backward alone)
   split    the long-sequence split forced on grids that fill the GPU only once (not in the default list)
   narrow   batch 1, dim 128, N 16, L 2^20 with the long-sequence path forced on and off
   memory   peak memory of fwd+bwd at L = 2^16 (paper config) against the bytes of inputs + outputs + grads
@@ -162,6 +163,8 @@ def scan_rows(section, batch, dim, L, copy_bw, torch_f=None, flash=False, extra=
         r = dict(section=section, op="triton_scan", pass_="fwdbwd" if bwd else "fwd", B=batch, D=dim, L=L, N=16,
                  ms=ms, official_ms=off[bwd], vs_official=off[bwd] / ms, tbps=tb, bw_frac=tb / copy_bw,
                  segments=launch.get("bwd_segments" if bwd else "fwd_segments"))
+        if bwd:
+            r.update(bwd_reverse=launch.get("bwd_reverse"))
         if torch_f is not None:
             try:
                 tms = time_scan(torch_f, inp, bwd)
@@ -255,9 +258,10 @@ def tune(copy_bw):
     log(f"  adopted {ts.DEFAULT_CONFIG} (used by every section below)")
 
 
-def regs():
+def regs(forward=True):
     """Register caps (ScanConfig.maxnreg_fwd / maxnreg_bwd) against occupancy: at 255 registers a one-warp
-    program leaves 8 warps per SM. Forward and backward timed separately at the paper config and batch 8."""
+    program leaves 8 warps per SM. Forward and backward timed separately at the paper config and batch 8
+    (section regs_bwd: the backward alone)."""
     log("== regs: register caps of the forward and backward kernels (ms)")
     # At L = 2048 the paper config's 1024 one-warp programs are all resident at once, each walking 16 blocks:
     # latency-bound. There the long-sequence split (more, shorter programs) is timed with each cap too.
@@ -265,7 +269,7 @@ def regs():
         inp = scan_inputs(B, D, L)
         args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
         dout = torch.randn_like(inp["u"])
-        for cap in (None, 168, 128):
+        for cap in (None, 168, 128) if forward else ():
             for tw, bl in ([(None, 128), (None, 64), (16, 128), (32, 128), (64, 128), (32, 64)] if L <= 2048
                            else [(None, 128)]):  # tw: forced split, warps per SM aimed at; bl: forward block
                 cfg = dataclasses.replace(ts.DEFAULT_CONFIG, maxnreg_fwd=cap, target_warps_per_sm=tw or 128,
@@ -284,7 +288,8 @@ def regs():
                 ms = time_bwd(args, dout, dataclasses.replace(ts.DEFAULT_CONFIG, chunk=chunk, maxnreg_bwd=cap))
                 if ms is None:
                     continue
-                row(section="regs", pass_="bwd", B=B, D=D, L=L, chunk=chunk, maxnreg=cap or 255, ms=ms)
+                row(section="regs", pass_="bwd", B=B, D=D, L=L, chunk=chunk, maxnreg=cap or 255,
+                    reverse=ts.LAST_LAUNCH.get("bwd_reverse"), ms=ms)
         del inp, args, dout
         torch.cuda.empty_cache()
 
@@ -454,8 +459,8 @@ def main():
         if "b8" in sections:
             log("== batch 8, dim 1536, L 4096")
             scan_rows("b8", 8, 1536, 4096, copy_bw, torch_f=torch_backend())
-        if "regs" in sections:
-            regs()
+        if "regs" in sections or "regs_bwd" in sections:
+            regs(forward="regs" in sections)
         if "split" in sections:
             split()
         if "narrow" in sections:

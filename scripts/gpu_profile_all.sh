@@ -11,6 +11,7 @@
 # starve the next; rows are written as they are measured, so a stage stopped early keeps what it measured.
 # Logs: OUT/logs/<stage>.log. Uses $PYTHON (default: python). Needs torch with CUDA, triton, hydra-core,
 # pandas, seaborn, tabulate; mamba_ssm and flash_attn are used when importable.
+# STAGES="kernels generators" runs only the stages named (default: all four; reports follow what ran).
 # TARBALL=FILE packs OUT into one tar.gz at the end. Where the code runs from a copy without .git (a lent GPU
 # machine), set SSMBENCH_COMMIT=<commit> so every row records the code it measured.
 # A dry run of this script on a CPU, at toy sizes (a minute or two):
@@ -24,7 +25,7 @@ PY=${PYTHON:-python}
 export PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
 T0=$SECONDS
 
-stage() {  # stage NAME LIMIT_S COMMAND...
+run_stage() {  # run_stage NAME LIMIT_S COMMAND...
   local name=$1 limit=$2
   shift 2
   echo "== $name: start at $((SECONDS - T0))s (limit ${limit}s)"
@@ -70,6 +71,10 @@ for f in shared/reference/h200_official_kernels.csv ../shared/reference/h200_off
 done
 
 PRESET=${PRESET:-}
+STAGES=" ${STAGES:-kernels generation generators gpu_tests} "
+stage() {  # skip the stages not asked for
+  case "$STAGES" in *" $1 "*|*" ${1#report_} "*) run_stage "$@" ;; *) echo "== $1: skipped (STAGES)" ;; esac
+}
 stage kernels 210 $PY -m ssmbench.profile_cli kernels profile="${PRESET:-kernels}" results_root="$OUT" study=kernels \
   report=false hydra.run.dir="$OUT/logs/hydra/kernels"
 stage generation 330 $PY -m ssmbench.profile_cli generate generation="${PRESET:-h200}" results_root="$OUT" \

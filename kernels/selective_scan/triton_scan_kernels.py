@@ -206,16 +206,20 @@ def _bwd_channel_chunk(t, mt, offs_l, u_base, dl_base, z_base, go_base, du_base,
             tl.store(dz_base + t, dz, mask=mt)
     # adjoint of the state: lam_t = gy_t C_t + a_{t+1} lam_{t+1}
     ones = tl.full(a.shape, 1.0, tl.float32)
-    if FLIP_XOR > 0:  # the reverse scan as a forward scan of the reversed tile (same argument order)
-        _f, kk, gg = tl.associative_scan((_flip_steps(a, FLIP_XOR), ones, _flip_steps(gy[None, :] * Cx, FLIP_XOR)),
-                                         axis=1, combine_fn=_combine_adjoint)
-        kk = _flip_steps(kk, FLIP_XOR)
-        gg = _flip_steps(gg, FLIP_XOR)
+    if FLIP_XOR > 0:
+        # the reverse scan as a forward scan of the reversed tile (same argument order); lam and the carry are
+        # formed there, the carry from the last column (the block's first step), and only lam is turned back
+        a_r = _flip_steps(a, FLIP_XOR)
+        _f, kk, gg = tl.associative_scan((a_r, ones, _flip_steps(gy[None, :] * Cx, FLIP_XOR)), axis=1,
+                                         combine_fn=_combine_adjoint)
+        lam_r = gg + kk * carry[:, None]
+        carry = tl.sum(tl.where(offs_l[None, :] == BLOCK_L - 1, a_r * lam_r, 0.0), axis=1)
+        lam = _flip_steps(lam_r, FLIP_XOR)
     else:
         _f, kk, gg = tl.associative_scan((a, ones, gy[None, :] * Cx), axis=1, combine_fn=_combine_adjoint,
                                          reverse=True)
-    lam = gg + kk * carry[:, None]
-    carry = tl.sum(tl.where(offs_l[None, :] == 0, a * lam, 0.0), axis=1)
+        lam = gg + kk * carry[:, None]
+        carry = tl.sum(tl.where(offs_l[None, :] == 0, a * lam, 0.0), axis=1)
     if LOCAL:
         return carry, a, a, A, tl.sum(dt, axis=0), 0.0
     else:

@@ -253,11 +253,16 @@ def test_gpu_shapes(L, bc):
 @pytest.mark.parametrize("chunk", [32, 64, 128])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 1e-2)])
 def test_gpu_backward_reverses_tiles_in_registers(chunk, dtype, tol):
-    # the fast reverse (_flip_steps) must be what runs for the usual layouts, and give the reference's gradients
+    # the fast reverse (_flip_steps) must be what runs for the usual layouts, and give the reference's gradients.
+    # It needs B/C rows that Triton knows to be aligned (L a multiple of 16, so 4-step vector loads); other
+    # lengths fall back to reverse=True scans (test_gpu_shapes checks their results).
     from ssmbench.kernels.selective_scan.triton_scan import ScanConfig
-    launch = check(make_inputs(2, 64, 3000, 16, dtype=dtype, seed=chunk), tol=tol,
+    launch = check(make_inputs(2, 64, 3072, 16, dtype=dtype, seed=chunk), tol=tol,
                    config=ScanConfig(block_l_fwd=64, chunk=chunk))
     assert launch["bwd_reverse"] == "flip"
+    launch = check(make_inputs(1, 32, 1000, 16, dtype=dtype, seed=chunk + 1), tol=tol,
+                   config=ScanConfig(block_l_fwd=64, chunk=chunk))
+    assert launch["bwd_reverse"] in ("flip", "reverse scan")
 
 
 @pytest.mark.gpu
