@@ -10,10 +10,10 @@ Forward, per block of BLOCK_L steps, all in registers: dt = softplus(delta + bia
 x = dt u B; the pairs (a, x) are scanned along L with (a1, b1) o (a2, b2) = (a1 a2, b1 a2 + b2) and the carried
 state h folded in as h_t = (prod a) h + (scanned x); y = <C, h> + D u, times silu(z). Only y leaves the chip,
 plus one fp32 state checkpoint every CHUNK steps ([batch, dim, ceil(L/CHUNK), N]: 4N bytes per CHUNK steps, a
-sixth of the bytes of bf16 u, delta, z at CHUNK=64, N=16); the [batch, dim, L, N] states never exist in memory.
+third of the bytes of bf16 u, delta, z at CHUNK=32, N=16); the [batch, dim, L, N] states never exist in memory.
 
 Backward, per block from last to first: recompute the block's states from its checkpoint, then a reverse
-scan gives the state adjoint lam_t = C_t gy_t + a_{t+1} lam_{t+1} (gy = dout silu(z)), and from it
+scan (on a GPU: a forward scan of the block reversed in registers, see _flip_steps) gives the state adjoint lam_t = C_t gy_t + a_{t+1} lam_{t+1} (gy = dout silu(z)), and from it
     dB_t = sum_d lam_t dt_t u_t        dC_t = sum_d gy_t h_t        dA = sum_t lam_t a_t h_{t-1} dt_t
     d(dt)_t = sum_n lam_t (a_t h_{t-1} A + u_t B_t)      du_t = dt_t sum_n lam_t B_t + D gy_t
 with a_t h_{t-1} = h_t - x_t. dB/dC of shared (time-varying) B/C are summed over channels with fp32 atomics;
@@ -46,12 +46,16 @@ LAST_LAUNCH: dict = {}
 @dataclasses.dataclass(frozen=True)
 class ScanConfig:
     """Launch parameters. chunk = checkpoint interval = the backward's block length. The forward block
-    length must divide chunk or be a multiple of it. Defaults: the best of the sweep in
-    scripts/bench_kernels.py --tune on an H200 (results/kernels/): one warp per program wins, since a
-    program's tile then needs no cross-warp barriers and many programs share an SM."""
+    length must divide chunk or be a multiple of it. Defaults: the best of the sweeps in
+    scripts/bench_kernels.py on an H200 (results/kernels/): one warp per program wins, since a program's tile
+    then needs no cross-warp barriers and many programs share an SM. chunk 32: since the backward's reverse scan
+    runs through register flips its [N, 32] tiles fit in 167 registers without spills (12 warps per SM instead
+    of 8 at 255), and the backward took 2.27 / 2.68 ms against 2.71 / 4.05 ms with chunk 64 (paper config at
+    L = 32768 / batch 8, dim 1536, L = 4096; regs_bwd section). The price: twice the checkpoints, 4N bytes
+    per channel every 32 steps."""
     block_l_fwd: int = 128
     warps_fwd: int = 1
-    chunk: int = 64
+    chunk: int = 32
     warps_bwd: int = 1
     min_seg_len: int = 4096  # long path: shortest segment (steps)
     split_below_warps_per_sm: int = 4  # long path: taken when one segment per channel gives fewer warps per SM
@@ -64,10 +68,10 @@ class ScanConfig:
     #   nothing stored        0.891  0.705  0.945  4.46
     # so below this many programs per SM the final state is stored even when nobody asked for it.
     nograd_store_last_below_programs_per_sm: int = 64
-    # Caps on registers per thread (ptxas maxrregcount; None: the compiler's choice, 255 for both kernels). At 255
-    # a one-warp program leaves 8 warps per SM, too few to hide the backward's atomics; a compile for sm_90a
-    # (scripts/triton_aot_check.py) spills nothing in the forward at 168 and 40 words in the backward at 128
-    # with chunk 32. Not yet timed on a GPU: `scripts/bench_kernels.py --sections regs` sweeps them.
+    # Caps on registers per thread (ptxas maxrregcount; None: the compiler's choice). Timed on an H200
+    # (`scripts/bench_kernels.py --sections regs,regs_bwd`, results/kernels/regs/): no cap won anywhere but by
+    # noise; capped below what the compiler takes, both kernels spill and slow down (forward at 168: 1.11 vs
+    # 0.77 ms at L = 32768).
     maxnreg_fwd: int | None = None
     maxnreg_bwd: int | None = None
 
