@@ -210,7 +210,7 @@ _INLINE_ASM = re.compile(r"tt\.elementwise_inline_asm .*-> tensor<\d+x(\d+)xf32,
 
 def _flip_lane_xor(block_l: int) -> int:
     """The lane mask _flip_steps needs for a [*, block_l] tile of 4 steps per thread (0: not applicable)."""
-    if tu.interpreting() or block_l < 8 or block_l > 128:
+    if tu.interpreting() or torch.version.hip or block_l < 8 or block_l > 128:  # PTX shuffles: NVIDIA only
         return 0
     return block_l // 4 - 1
 
