@@ -1,14 +1,16 @@
 """Compile a Triton kernel of the scan for Hopper (sm_90a) on a machine without a GPU, and print what decides its
-speed: the blocked layouts (TTGIR), the form and count of its atomics (PTX), and ptxas's registers and spills.
+speed: the blocked layouts (TTGIR), layout conversions and scans, the form and count of its atomics (PTX),
+ptxas's registers and spills, and the static SASS instruction mix (cuobjdump; shuffles show conversions and
+scans, see results/kernels/ncu/summary.md).
 
-    python scripts/triton_aot_check.py [--kernel scan_bwd_kernel] [--warps 1] [--set BLOCK_L=32 ...]
+    python scripts/triton_aot_check.py [--kernel scan_bwd_kernel] [--warps 1] [--set BLOCK_L=64 FLIP_XOR=15 ...]
 
 Run it with the triton release of the GPU image (triton 3.6 on the lent H200: `pip install triton==3.6.0` into a
 scratch venv; torch is not needed): with the same release and the specialisation a real launch gets (pointers
 and every size and stride divisible by 16, strides equal to 1 folded to constants), it reproduces the GPU
-compile. Checked 2026-11-29: the backward of the paper config gave the GPU's layouts, 255 registers and 22
-spilled words, and showed its dB/dC atomics as `atom.global.gpu.relaxed.add.v4.f32` (16 per thread and block),
-which wait for a returned value, where `red` would not.
+compile. Checked 2026-11-29: the backward of the paper config (then chunk 64) gave the GPU's layouts, 255
+registers and 22 spilled words, and the same 3792 SASS instructions that Nsight Compute counted on the H200.
+The defaults below are ScanConfig's (chunk 32: the backward in 167 registers, no spills).
 """
 
 from __future__ import annotations
@@ -37,10 +39,10 @@ KERNELS = {
 # parameters of ScanConfig's defaults. Strides equal to 1 are constants in a real launch.
 DEFAULTS = {
     "scan_bwd_kernel": dict(LOCAL=False, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, B_VAR=True,
-                            C_VAR=True, HAS_CARRY=False, BLOCK_N=16, BLOCK_L=64, FLIP_XOR=15, s_An=1),
+                            C_VAR=True, HAS_CARRY=False, BLOCK_N=16, BLOCK_L=32, FLIP_XOR=7, s_An=1),
     "scan_fwd_kernel": dict(LOCAL=False, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, B_VAR=True,
                             C_VAR=True, HAS_INIT=False, STORE_CKPT=True, STORE_LAST=False, BLOCK_N=16,
-                            BLOCK_L=128, CHUNK=64, s_An=1),
+                            BLOCK_L=128, CHUNK=32, s_An=1),
 }
 HALF = {"u_ptr", "delta_ptr", "z_ptr", "dout_ptr", "du_ptr", "ddelta_ptr", "dz_ptr", "B_ptr", "C_ptr", "out_ptr",
         "x_ptr", "y_ptr", "dy_ptr", "dx_ptr"}  # bf16 activations; everything else fp32
@@ -66,7 +68,7 @@ def main():
     args = ap.parse_args()
     fn = load(Path(args.file) if args.file else KERNELS[args.kernel], args.kernel)
     names = list(inspect.signature(fn.fn).parameters)
-    const = dict(DEFAULTS.get(args.kernel, {}))
+    const = {k: v for k, v in DEFAULTS.get(args.kernel, {}).items() if k in names}  # older copies lack some
     for kv in args.set:
         k, v = kv.split("=", 1)
         const[k] = ast.literal_eval(v)
@@ -96,13 +98,17 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.kernel}.ttgir").write_text(ttgir)
     (out / f"{args.kernel}.ptx").write_text(ptx)
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/ptxas")
-    r = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(out / f"{args.kernel}.ptx"), "-o",
-                        str(out / f"{args.kernel}.cubin")], capture_output=True, text=True)
+    bindir = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin")
+    for ptxas in ("ptxas", "ptxas-blackwell"):  # newer releases emit PTX that only their second ptxas reads
+        ptxas = os.path.join(bindir, ptxas)
+        r = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(out / f"{args.kernel}.ptx"), "-o",
+                            str(out / f"{args.kernel}.cubin")], capture_output=True, text=True)
+        if r.returncode == 0 or not os.path.exists(os.path.join(bindir, "ptxas-blackwell")):
+            break
     for line in r.stderr.splitlines():
         if "registers" in line or "spill" in line or "rror" in line:
             print(line.strip())
-    cuobjdump = os.path.join(os.path.dirname(ptxas), "cuobjdump")
+    cuobjdump = os.path.join(bindir, "cuobjdump")
     if r.returncode == 0 and os.path.exists(cuobjdump):  # static SASS instruction mix (the loop body dominates)
         sass = subprocess.run([cuobjdump, "-sass", str(out / f"{args.kernel}.cubin")], capture_output=True,
                               text=True).stdout

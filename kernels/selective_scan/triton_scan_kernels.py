@@ -39,7 +39,7 @@ def _combine_adjoint(f_l, k_l, g_l, f_e, k_e, g_e):
 def _flip_steps(x, LANE_XOR: tl.constexpr):
     """An fp32 [BLOCK_N, BLOCK_L] tile reversed along L, for one layout only: 4 consecutive steps per thread, the
     steps of a row spread over LANE_XOR + 1 lanes of one warp in the low lane bits (checked for each compiled
-    kernel by triton_scan._flip_checked; 0 elsewhere, where the scan runs with reverse=True). Element j of a
+    kernel by triton_scan._flip_fits; 0 elsewhere, where the scan runs with reverse=True). Element j of a
     thread takes element 3 - j of lane ^ LANE_XOR: one shuffle per element. Triton 3.6 lowers a reverse scan as
     flip, scan, flip with a 5-stage butterfly per element: 960 of the backward's ~1260 shuffles per block."""
     return tl.inline_asm_elementwise(

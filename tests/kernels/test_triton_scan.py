@@ -215,14 +215,14 @@ def test_flip_layout_check_on_the_sm90_compile(tmp_path):
         pytest.skip(f"this triton cannot compile for sm_90 here: {r.stderr[-400:]}")
     ttgir = path.read_text()
 
-    def fits(text, block_l=64):
+    def fits(text, block_l=32):  # the tool compiles ScanConfig's default: 32-step blocks
         return _flip_fits(SimpleNamespace(asm={"ttgir": text}, hash=None), block_l)
 
     assert "tt.elementwise_inline_asm" in ttgir
     assert fits(ttgir), "the layout of the paper config's backward no longer fits _flip_steps"
-    assert not fits(ttgir, block_l=32)  # the tile is 64 steps wide
+    assert not fits(ttgir, block_l=64)  # the tile is 32 steps wide
     assert not fits(ttgir.replace("sizePerThread = [1, 4]", "sizePerThread = [1, 8]"))
-    assert not fits(ttgir.replace("threadsPerWarp = [2, 16]", "threadsPerWarp = [4, 8]"))
+    assert not fits(ttgir.replace("threadsPerWarp = [4, 8]", "threadsPerWarp = [8, 4]"))
     assert not fits(ttgir.replace("tt.elementwise_inline_asm", "tt.something_else"))
 
 
