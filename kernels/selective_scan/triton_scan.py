@@ -203,6 +203,8 @@ def _n_copies(one_bytes: int, dims_per_group: int, u: torch.Tensor) -> int:
 
 # Verdicts on compiled backward kernels (CompiledKernel.hash -> bool): does the tile layout fit _flip_steps?
 _FLIP_OK: dict = {}
+# Launch keys (_flip_key) whose compiled backward did not fit: later calls go straight to reverse=True.
+_FLIP_MISFITS: set = set()
 _BLOCKED = re.compile(r"^(#\w+) = #ttg\.blocked<\{sizePerThread = \[(.*?)\], threadsPerWarp = \[(.*?)\], "
                       r"warpsPerCTA = \[(.*?)\], order = \[(.*?)\]", re.M)
 _INLINE_ASM = re.compile(r"tt\.elementwise_inline_asm .*-> tensor<\d+x(\d+)xf32, (#\w+)>")
@@ -234,16 +236,28 @@ def _flip_fits(kernel, block_l: int) -> bool:
     return _FLIP_OK[key]
 
 
+def _flip_key(tensors, L: int, cfg: "ScanConfig") -> tuple:
+    """What decides the backward's tile layout, as far as a launch can tell before compiling: the launch
+    parameters, the dtypes and ranks, and which strides, lengths and addresses are multiples of 16 (Triton
+    specialises on those, and they decide how wide its vector loads can be)."""
+    return (cfg.chunk, cfg.warps_bwd, cfg.maxnreg_bwd, L % 16 == 0) + tuple(
+        (t.dtype, t.dim(), t.data_ptr() % 16 == 0, tuple(st % 16 == 0 for st in t.stride())) if t is not None
+        else None for t in tensors)
+
+
 def _bwd(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, cfg, long_sequence):
     """-> (du, d(delta), dA, dB, dC, dD, dz, d(delta_bias)). Reverse scans use _flip_steps where the compiled
-    kernel's layout fits it (checked on its first launch; otherwise the work is redone with reverse=True)."""
+    kernel's layout fits it (checked on its first launch; otherwise the work is redone with reverse=True, and
+    launches of the same key go to reverse=True from then on)."""
     flip = _flip_lane_xor(cfg.chunk)
-    if flip:
+    key = _flip_key((u, delta, B, C, z, dout), u.shape[-1], cfg) if flip else None
+    if flip and key not in _FLIP_MISFITS:
         grads, kernels = _bwd_launch(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, cfg,
                                      long_sequence, flip)
         if all(_flip_fits(k, cfg.chunk) for k in kernels):
             LAST_LAUNCH.update(bwd_reverse="flip")
             return grads
+        _FLIP_MISFITS.add(key)
     LAST_LAUNCH.update(bwd_reverse="reverse scan")
     return _bwd_launch(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus, cfg, long_sequence, 0)[0]
 

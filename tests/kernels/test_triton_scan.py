@@ -226,6 +226,38 @@ def test_flip_layout_check_on_the_sm90_compile(tmp_path):
     assert not fits(ttgir.replace("tt.elementwise_inline_asm", "tt.something_else"))
 
 
+def test_backward_falls_back_once_per_launch_key(monkeypatch):
+    # A compiled backward whose layout does not fit the register flip has its work redone with reverse=True,
+    # and later launches of the same key skip the flip attempt; a fitting one runs once. (The kernels are faked:
+    # the flip is GPU-only; this checks the wrapper's bookkeeping.)
+    from ssmbench.kernels.selective_scan import triton_scan as ts
+
+    fitting = ("#blocked = #ttg.blocked<{sizePerThread = [1, 4], threadsPerWarp = [4, 8], warpsPerCTA = [1, 1], "
+               "order = [1, 0]}>\n%x = tt.elementwise_inline_asm \"...\" %a : tensor<16x32xf32, #blocked> -> "
+               "tensor<16x32xf32, #blocked>\n")
+    calls = []
+
+    def fake_launch(*args):
+        calls.append(args[-1])
+        ttgir = fitting if fit else fitting.replace("[1, 4]", "[1, 1]")
+        return f"grads with flip {args[-1]}", [SimpleNamespace(asm={"ttgir": ttgir}, hash=f"{fit}")]
+
+    monkeypatch.setattr(ts, "_flip_lane_xor", lambda block_l: 7)
+    monkeypatch.setattr(ts, "_bwd_launch", fake_launch)
+    monkeypatch.setattr(ts, "_FLIP_OK", {})
+    monkeypatch.setattr(ts, "_FLIP_MISFITS", set())
+    inp = make_inputs(1, 2, 40, 4, seed=30)
+    args = (inp["u"], None, *inp.values(), None, True, ts.ScanConfig(chunk=32), None)
+    for fit, expect_calls, expect in [(False, [7, 0], 0), (False, [0], 0), (True, [7], 7)]:
+        if fit:  # another key: B in another dtype
+            args = (inp["u"], None, *{**inp, "B": inp["B"].double()}.values(), None, True, ts.ScanConfig(chunk=32),
+                    None)
+        calls.clear()
+        assert ts._bwd(*args) == f"grads with flip {expect}"
+        assert calls == expect_calls
+        assert ts.LAST_LAUNCH["bwd_reverse"] == ("flip" if expect else "reverse scan")
+
+
 def test_dispatch_and_errors(monkeypatch):
     inp = make_inputs(1, 2, 20, 4, seed=15)
     y = selective_scan(**inp, delta_softplus=True, backend="triton")
