@@ -40,6 +40,7 @@ import triton
 from triton.testing import do_bench
 
 from ssmbench.env import git_commit
+from ssmbench.kernels.selective_scan.example_inputs import paper_scan_inputs
 from ssmbench.kernels.selective_scan import triton_scan as ts
 from ssmbench.kernels.selective_scan.triton_scan import ScanConfig, selective_scan_triton
 
@@ -87,12 +88,7 @@ def copy_bandwidth():
 
 
 def scan_inputs(batch, dim, L, N=16, dtype=torch.bfloat16, z=True, seed=0):
-    g = torch.Generator(device=DEV).manual_seed(seed)
-    r = lambda *s: torch.randn(*s, device=DEV, generator=g)  # noqa: E731
-    return dict(u=r(batch, dim, L).to(dtype), delta=(r(batch, dim, L) * 0.5 - 1).to(dtype),
-                A=-(torch.rand(dim, N, device=DEV, generator=g) * 2 + 0.1), B=r(batch, 1, N, L).to(dtype),
-                C=r(batch, 1, N, L).to(dtype), D=r(dim), z=r(batch, dim, L).to(dtype) if z else None,
-                delta_bias=r(dim) * 0.3)
+    return paper_scan_inputs(batch, dim, L, N, dtype, z, generator=torch.Generator(device=DEV).manual_seed(seed))
 
 
 def io_bytes(inp, with_grads):

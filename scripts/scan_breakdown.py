@@ -36,6 +36,7 @@ import triton.language as tl
 from triton.testing import do_bench
 
 from ssmbench.env import git_commit
+from ssmbench.kernels.selective_scan.example_inputs import paper_scan_inputs
 from ssmbench.kernels.selective_scan import triton_scan as ts
 from ssmbench.kernels.selective_scan import triton_util as tu
 from ssmbench.kernels.selective_scan.triton_scan import ScanConfig, selective_scan_triton
@@ -61,11 +62,7 @@ def table(title, rows):
 
 
 def inputs(batch, dim, L, N=16, dtype=torch.bfloat16):
-    g = torch.Generator(device=DEV).manual_seed(0)
-    r = lambda *s: torch.randn(*s, device=DEV, generator=g)  # noqa: E731
-    return dict(u=r(batch, dim, L).to(dtype), delta=(r(batch, dim, L) * 0.5 - 1).to(dtype),
-                A=-(torch.rand(dim, N, device=DEV, generator=g) * 2 + 0.1), B=r(batch, 1, N, L).to(dtype),
-                C=r(batch, 1, N, L).to(dtype), D=r(dim), z=r(batch, dim, L).to(dtype), delta_bias=r(dim) * 0.3)
+    return paper_scan_inputs(batch, dim, L, N, dtype, generator=torch.Generator(device=DEV).manual_seed(0))
 
 
 def leaves(inp):

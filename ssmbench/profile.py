@@ -318,11 +318,8 @@ def _scan_unavailable(backend: str, s: Shape, device: torch.device) -> str | Non
 
 def _scan_case(backend: str, s: Shape, device: torch.device, gen: torch.Generator) -> Case:
     from ssmbench.kernels.selective_scan import selective_scan
-    r = lambda *sh: _rand(gen, device, *sh)  # noqa: E731
-    B, D, L, N, dt = s.batch, s.dim, s.seq_len, s.d_state, s.dtype
-    inputs = dict(u=r(B, D, L).to(dt), delta=(r(B, D, L) * 0.5 - 1).to(dt),
-                  A=-(torch.rand(D, N, generator=gen, device=device) * 2 + 0.1), B=r(B, 1, N, L).to(dt),
-                  C=r(B, 1, N, L).to(dt), D=r(D), z=r(B, D, L).to(dt) if s.gated else None, delta_bias=r(D) * 0.3)
+    from ssmbench.kernels.selective_scan.example_inputs import paper_scan_inputs
+    inputs = paper_scan_inputs(s.batch, s.dim, s.seq_len, s.d_state, s.dtype, s.gated, generator=gen)
 
     def call(**kw):
         return selective_scan(**kw, delta_softplus=True, backend=backend)
