@@ -96,13 +96,18 @@ class LanguageModel(nn.Module):
         if self.cfg.pos_emb == "sinusoidal":
             x = x + sinusoidal(positions, self.cfg.d_model).to(x.dtype)
         elif self.cfg.pos_emb == "learned":
-            if int(positions.max()) >= self.cfg.max_len:
-                raise ValueError(f"sequence length {int(positions.max()) + 1} exceeds model.max_len={self.cfg.max_len} "
-                                 "of the learned positional embedding")
             x = x + self.pos(positions)
         return x
 
+    def _check_length(self, length: int) -> None:
+        # Checked on the host from the shape (reading positions.max() would make the host wait for the GPU,
+        # which a captured training step cannot do).
+        if self.cfg.pos_emb == "learned" and length > self.cfg.max_len:
+            raise ValueError(f"sequence length {length} exceeds model.max_len={self.cfg.max_len} "
+                             "of the learned positional embedding")
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        self._check_length(inputs.shape[1])
         x = self._embed(inputs, torch.arange(inputs.shape[1], device=inputs.device))
         for block in self.blocks:
             x = block(x)
@@ -113,6 +118,7 @@ class LanguageModel(nn.Module):
 
     def step(self, tokens: torch.Tensor, state):
         """tokens: Long[B] -> logits Float[B, V], and the next state."""
+        self._check_length(state["t"] + 1)
         x = self._embed(tokens[:, None], torch.tensor([state["t"]], device=tokens.device))[:, 0]
         new_states = []
         for block, s in zip(self.blocks, state["blocks"]):

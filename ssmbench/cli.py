@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .config import register_configs
+from .checkpoint import CHECKPOINT, run_dir, write_progress
 from .results import finished, rows_path, run_id, write_rows
 from .run import RunConfigError, execute, prepare
 
@@ -49,15 +51,28 @@ def run_one(cfg: DictConfig) -> list[dict] | None:
         raise
     rid = run_id(p.identity)
     path = rows_path(cfg.results_root, cfg.study, rid)
+    folder = run_dir(cfg.results_root, cfg.study, rid)
+    label = f"{p.model_cfg.name} on {cfg.task.name}, seed {cfg.seed}"
     if cfg.resume and finished(path, cfg.retry_failed):
-        log.info("skipping run %s (%s on %s, seed %s): rows exist at %s", rid, p.model_cfg.name, cfg.task.name,
-                 cfg.seed, path)
+        log.info("skipping run %s (%s): rows exist at %s", rid, label, path)
         return None
-    rows = execute(p, rid, cfg.study)
+    if not cfg.resume:  # start over: a checkpoint left by an earlier call is not continued
+        (folder / CHECKPOINT).unlink(missing_ok=True)
+    rows = execute(p, rid, cfg.study, run_folder=folder, save_trained_model=cfg.save_model)
+    if rows and rows[0]["status"] == "paused":
+        log.info("run %s (%s) paused at step %d of %d (trainer.max_time_s=%s spent, or SIGTERM); checkpoint at %s: "
+                 "run the same command again to continue", rid, label, rows[0]["steps"], p.trainer.steps,
+                 p.trainer.max_time_s, folder / CHECKPOINT)
+        return rows
     write_rows(path, rows)
+    # The rows are the result now; the checkpoint only served to get here.
+    (folder / CHECKPOINT).unlink(missing_ok=True)
+    write_progress(folder, {"run_id": rid, "status": rows[0]["status"], "step": rows[0].get("steps"),
+                            "rows": str(path), "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
     for r in rows:
         log.info("%s %s L=%s: status=%s accuracy=%.4f params=%s train tok/s=%.0f", r["model"], r["task"],
                  r["eval_len"], r["status"], r["accuracy"], r.get("params"), r.get("train_tokens_per_s", float("nan")))
+    log.info("run %s (%s): rows written to %s", rid, label, path)
     return rows
 
 

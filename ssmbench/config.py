@@ -72,9 +72,21 @@ class TrainerConfig:
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     check_every: int = 100  # steps between accuracy checks on held-out data (for early stop and the log)
+    check_batch_size: Optional[int] = None  # sequences per check; None = batch_size (one training batch)
     target_accuracy: Optional[float] = None  # stop early once held-out accuracy reaches this (0..1)
-    max_time_s: Optional[float] = None  # wall-clock budget for training; None = no limit
+    max_train_time_s: Optional[float] = None  # cap on training time summed over resumes; the run then finishes
+    step_mode: str = "auto"  # auto (graphs on CUDA, eager on CPU) | eager | graphs (the step as one CUDA graph)
+    # ---- how this invocation runs; none of these changes the result, so none enters the run id ----
+    max_time_s: Optional[float] = None  # this call's wall-clock budget: then checkpoint and pause (status paused)
+    checkpoint_every_s: Optional[float] = 600.0  # write a checkpoint this often (and at every pause)
+    checkpoint_every_steps: Optional[int] = None  # and/or every this many steps
+    log_every: int = 100  # steps between reads of the device-side loss/accuracy (each read waits for the GPU)
     progress: bool = True  # progress bar with loss and accuracy
+
+
+# Keys of TrainerConfig that say how a call runs, not what it computes: a paused run continues under other values.
+INVOCATION_KEYS = ("max_time_s", "checkpoint_every_s", "checkpoint_every_steps", "log_every", "progress",
+                   "step_mode")
 
 
 @dataclass
@@ -83,6 +95,7 @@ class EvalConfig:
     batch_size: int = 64
     batches: int = 4
     max_tokens: int = 1 << 22  # per batch; long lengths get smaller batches (at least 1 sequence)
+    time_budget_s: Optional[float] = None  # per length: no new batch once this is spent (the row counts what ran)
 
 
 @dataclass
@@ -95,7 +108,8 @@ class Config:
     results_root: str = "results"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    resume: bool = True  # skip runs whose rows already exist
+    resume: bool = True  # skip runs whose rows already exist, continue runs that left a checkpoint
+    save_model: bool = True  # keep the trained model (runs/<run_id>/model.pt) for ssmbench-eval
     retry_failed: bool = False  # with resume, run again the runs whose rows record a failure
 
 

@@ -8,6 +8,7 @@ and the other lengths keep their results.
 from __future__ import annotations
 
 import math
+import time
 from contextlib import nullcontext
 from typing import Any
 
@@ -23,15 +24,23 @@ def eval_batch_size(seq_len: int, batch_size: int, max_tokens: int) -> int:
 
 @torch.no_grad()
 def evaluate_length(model, task, seq_len: int, generator: torch.Generator, batches: int, batch_size: int,
-                    max_tokens: int, device: torch.device, autocast) -> dict[str, Any]:
+                    max_tokens: int, device: torch.device, autocast,
+                    time_budget_s: float | None = None) -> dict[str, Any]:
+    """Accuracy and loss over `batches` fresh batches at `seq_len` (fewer when `time_budget_s` runs out first: the
+    row's `eval_batches` and `eval_scored` say how many were scored, so a long length's estimate shows its size)."""
     model.eval()
     bs = eval_batch_size(seq_len, batch_size, max_tokens)
     correct = total = 0
     loss_sum = 0.0
     reset_peak_memory(device)
     watch = Stopwatch(device)
+    done = 0
+    started = time.perf_counter()
     try:
         for _ in range(batches):
+            if done and time_budget_s is not None and time.perf_counter() - started > time_budget_s:
+                break
+            done += 1
             batch = task.sample(bs, seq_len, generator)
             with watch, autocast():
                 logits = model(batch.inputs)
@@ -54,9 +63,11 @@ def evaluate_length(model, task, seq_len: int, generator: torch.Generator, batch
         "error": "",
         "accuracy": correct / max(total, 1),
         "loss": loss_sum / max(total, 1),
-        "eval_tokens_per_s": batches * bs * seq_len / max(watch.total, 1e-9),
+        "eval_tokens_per_s": done * bs * seq_len / max(watch.total, 1e-9),
         "eval_peak_mem_bytes": peak_memory_bytes(device),
         "eval_batch_size": bs,
+        "eval_batches": done,
+        "eval_scored": total,
     }
 
 

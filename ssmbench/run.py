@@ -13,6 +13,7 @@ import math
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +24,8 @@ from ssmbench.kernels.selective_scan import resolve_backend
 from ssmbench.models.lm import LanguageModel, ModelConfig
 from ssmbench.models.registry import ConfigError
 
-from .config import EvalConfig, TrainerConfig
+from .checkpoint import save_model
+from .config import INVOCATION_KEYS, EvalConfig, TrainerConfig
 from .env import environment
 from .evaluate import autocast_factory, evaluate_length
 from .metrics import free_cached_memory, is_out_of_memory
@@ -105,7 +107,7 @@ def prepare(cfg: DictConfig) -> Prepared:
     identity = {
         "task": OmegaConf.to_container(cfg.task, resolve=True),
         "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "trainer": {k: v for k, v in dataclasses.asdict(trainer).items() if k != "progress"},
+        "trainer": {k: v for k, v in dataclasses.asdict(trainer).items() if k not in INVOCATION_KEYS},
         "eval": dataclasses.asdict(ev),
         "seed": cfg.seed,
         "device": device.type,
@@ -120,8 +122,22 @@ def scan_backend_of(model_cfg: ModelConfig, device: torch.device) -> str:
     return resolve_backend(layer.get("scan_backend", "auto"), device)
 
 
-def execute(p: Prepared, run_id: str, study: str) -> list[dict[str, Any]]:
-    """Train and evaluate; always returns rows (one per evaluation length), whatever happened."""
+def check_seed_of(seed: int) -> int:
+    """Held-out data comes from generators seeded apart from training, the same for every model with this seed:
+    the checks during training use this seed, evaluation at length L `check_seed_of(seed) + 7919 * L`."""
+    return 1_000_003 + seed
+
+
+def eval_generator_seed(seed: int, length: int) -> int:
+    return check_seed_of(seed) + 7919 * length
+
+
+def execute(p: Prepared, run_id: str, study: str, run_folder: Path | None = None,
+            save_trained_model: bool = False) -> list[dict[str, Any]]:
+    """Train and evaluate; always returns rows (one per evaluation length), whatever happened. With `run_folder`
+    the run checkpoints there and continues from a checkpoint it finds; a run that pauses (its `max_time_s`
+    budget spent, or SIGTERM) returns rows with status "paused", which are not results: the caller keeps them out
+    of the store. A finished run's model is kept in `run_folder` when `save_trained_model`."""
     started = time.perf_counter()
     base = {
         "run_id": run_id,
@@ -144,15 +160,15 @@ def execute(p: Prepared, run_id: str, study: str) -> list[dict[str, Any]]:
     }
     autocast = autocast_factory(p.device, p.precision)
     gen = torch.Generator(device=p.device).manual_seed(p.cfg.seed)
-    # Held-out data comes from generators seeded apart from training, the same for every model with this seed.
-    check_seed = 1_000_003 + p.cfg.seed
+    check_seed = check_seed_of(p.cfg.seed)
     params = 0
     try:
         torch.manual_seed(p.cfg.seed)  # parameter init only; tasks draw from their own generator
         model = LanguageModel(p.model_cfg, p.task.vocab_size).to(p.device)
         params = model.num_parameters()
-        res = train(model, p.task, p.trainer, p.device, autocast, gen, check_seed,
-                    desc=f"{p.model_cfg.name} {p.cfg.task.name} L={p.task.seq_len}")
+        res = train(model, p.task, p.trainer, p.device, p.precision, autocast, gen, check_seed,
+                    desc=f"{p.model_cfg.name} {p.cfg.task.name} L={p.task.seq_len} seed={p.cfg.seed} [{run_id}]",
+                    run_folder=run_folder, run_id=run_id)
     except Exception as e:  # everything after validation is a result, not a crash of the sweep
         oom = is_out_of_memory(e)
         free_cached_memory(p.device)
@@ -173,18 +189,34 @@ def execute(p: Prepared, run_id: str, study: str) -> list[dict[str, Any]]:
         "final_train_loss": res.final_train_loss,
         "final_train_accuracy": res.final_train_accuracy,
         "history": res.history,
+        "resumes": res.resumes,
+        "step_mode": res.step_mode,
+        "step_mode_reason": res.step_mode_reason,
     }
+    if res.status == "paused":
+        return [{**base, **train_fields, "eval_len": L, "status": "paused", "error": "", "accuracy": math.nan,
+                 "loss": math.nan, "wall_s": time.perf_counter() - started} for L in p.eval_lengths]
+    if res.status == "ok" and run_folder is not None and save_trained_model:
+        save_model(run_folder, model, kept_model_meta(p, run_id, res.steps))
     for L in p.eval_lengths:
         if res.status != "ok":
             ev = {"eval_len": L, "status": res.status, "error": res.error, "accuracy": math.nan, "loss": math.nan}
         else:
-            g = torch.Generator(device=p.device).manual_seed(check_seed + 7919 * L)
+            g = torch.Generator(device=p.device).manual_seed(eval_generator_seed(p.cfg.seed, L))
             try:
                 ev = evaluate_length(model, p.task, L, g, p.eval.batches, p.eval.batch_size, p.eval.max_tokens,
-                                     p.device, autocast)
+                                     p.device, autocast, p.eval.time_budget_s)
             except Exception as e:
                 ev = {"eval_len": L, "status": "error", "accuracy": math.nan, "loss": math.nan,
                       "error": "".join(traceback.format_exception_only(type(e), e)).strip()[:2000]}
         rows.append({**base, **train_fields, **ev})
     wall = time.perf_counter() - started
     return [{**r, "wall_s": wall} for r in rows]
+
+
+def kept_model_meta(p: Prepared, run_id: str, steps: int) -> dict[str, Any]:
+    """What ssmbench-eval needs besides the weights: the model and task to rebuild, and how it was run."""
+    return {"run_id": run_id, "model_cfg": dataclasses.asdict(p.model_cfg),
+            "task": OmegaConf.to_container(p.cfg.task, resolve=True), "vocab_size": p.task.vocab_size,
+            "seed": p.cfg.seed, "precision": p.precision, "steps": steps,
+            "config": OmegaConf.to_yaml(p.cfg, resolve=True)}

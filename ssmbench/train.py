@@ -1,21 +1,32 @@
 """The training loop: AdamW, warmup then constant or cosine learning rate, gradient clipping, bf16 autocast on
 GPU, fresh data every step, periodic held-out accuracy (with optional early stop), a progress bar.
 
-Divergence is a result, not a crash: a non-finite loss ends training with status "nan".
+The step itself (eager or a replayed CUDA graph) is in step.py; it never makes the host wait for the GPU, and
+this loop reads the device-side meters only every `log_every` steps and at checks.
+
+Durable: with a run folder, the loop checkpoints every `checkpoint_every_s` seconds / `checkpoint_every_steps`
+steps and whenever it stops early; a later call for the same run continues from the checkpoint. `max_time_s` is
+this call's budget: at its end (or on SIGTERM, as a cluster sends before preempting) the run checkpoints and
+returns status "paused". Divergence is a result, not a crash: a non-finite loss ends training with status "nan".
 """
 
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .config import TrainerConfig
+from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_progress
 from .evaluate import evaluate_length
-from .metrics import Stopwatch, loss_and_accuracy, peak_memory_bytes, reset_peak_memory
+from .metrics import peak_memory_bytes, reset_peak_memory, synchronize
+from .step import STEP_MODES, TrainStep
 
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -29,7 +40,7 @@ def validate_trainer(cfg: TrainerConfig) -> None:
     def bad(key, msg):
         raise TrainerConfigError(f"trainer.{key} {msg}, got {getattr(cfg, key)!r}")
 
-    for key in ("steps", "batch_size", "check_every"):
+    for key in ("steps", "batch_size", "check_every", "log_every"):
         if getattr(cfg, key) <= 0:
             bad(key, "must be > 0")
     if not cfg.lr > 0:
@@ -52,88 +63,169 @@ def validate_trainer(cfg: TrainerConfig) -> None:
         bad("betas", "must be two numbers in [0, 1)")
     if cfg.target_accuracy is not None and not 0 < cfg.target_accuracy <= 1:
         bad("target_accuracy", "must be in (0, 1] or null")
-    if cfg.max_time_s is not None and not cfg.max_time_s > 0:
-        bad("max_time_s", "must be > 0 or null")
-
-
-def lr_lambda(cfg: TrainerConfig):
-    def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return f
+    for key in ("max_time_s", "max_train_time_s", "checkpoint_every_s", "checkpoint_every_steps", "check_batch_size"):
+        if getattr(cfg, key) is not None and not getattr(cfg, key) > 0:
+            bad(key, "must be > 0 or null")
+    if cfg.step_mode not in STEP_MODES:
+        bad("step_mode", f"must be one of {STEP_MODES}")
 
 
 @dataclass
 class TrainResult:
-    status: str = "ok"  # ok | nan | oom (error statuses are raised and recorded by the runner)
+    status: str = "ok"  # ok | nan | paused (error statuses are raised and recorded by the runner)
     error: str = ""
     steps: int = 0
-    train_time_s: float = 0.0
+    train_time_s: float = 0.0  # summed over every call that trained this run
     train_tokens_per_s: float = math.nan
     train_peak_mem_bytes: int = 0
-    final_train_loss: float = math.nan
+    final_train_loss: float = math.nan  # the last step's
     final_train_accuracy: float = math.nan
     stopped_early: bool = False
     history: list[dict] = field(default_factory=list)  # held-out checks: step, accuracy, loss
+    resumes: int = 0  # how many times this run continued from a checkpoint
+    step_mode: str = "eager"  # eager | graphs, as actually run
+    step_mode_reason: str = ""  # why graphs fell back to eager, if they did
 
 
-def train(model, task, cfg: TrainerConfig, device: torch.device, autocast, generator: torch.Generator,
-          check_generator_seed: int, desc: str = "") -> TrainResult:
-    groups = model.param_groups(cfg.weight_decay, cfg.ssm_lr)
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas),
-                            fused=device.type == "cuda")
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+class _StopRequest:
+    """SIGTERM (what SLURM and most schedulers send before killing a job) asks the loop to checkpoint and pause.
+    Installed only in the main thread, where Python allows signal handlers."""
+
+    def __init__(self):
+        self.requested, self._previous = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+
+def _restore(ckpt: dict, model, step: TrainStep, generator: torch.Generator, res: TrainResult,
+             device: torch.device) -> int:
+    model.load_state_dict(ckpt["model"])
+    step.load_state_dict(ckpt["train_step"], ckpt["step"])
+    generator.set_state(ckpt["generator"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    if device.type == "cuda" and ckpt.get("cuda_rng"):
+        torch.cuda.set_rng_state(ckpt["cuda_rng"][0], device)
+    res.history = list(ckpt["history"])
+    res.train_time_s = float(ckpt["train_time_s"])
+    res.train_peak_mem_bytes = int(ckpt["train_peak_mem_bytes"])
+    res.final_train_loss, res.final_train_accuracy = ckpt["final_train_loss"], ckpt["final_train_accuracy"]
+    res.resumes = int(ckpt["resumes"]) + 1
+    return int(ckpt["step"])
+
+
+def _checkpoint(folder: Path, run_id: str, done: int, model, step: TrainStep, generator: torch.Generator,
+                res: TrainResult, device: torch.device, status: str) -> None:
+    state = {
+        "run_id": run_id, "step": done, "model": model.state_dict(), "train_step": step.state_dict(),
+        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
+        "history": res.history, "train_time_s": res.train_time_s, "train_peak_mem_bytes": res.train_peak_mem_bytes,
+        "final_train_loss": res.final_train_loss, "final_train_accuracy": res.final_train_accuracy,
+        "resumes": res.resumes, "step_mode": step.mode, "written_at": time.time(),
+    }
+    save_checkpoint(folder / CHECKPOINT, state)
+    write_progress(folder, {"run_id": run_id, "status": status, "step": done, "train_time_s": res.train_time_s,
+                            "resumes": res.resumes, "last_check": res.history[-1] if res.history else None,
+                            "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+
+def train(model, task, cfg: TrainerConfig, device: torch.device, precision: str, autocast,
+          generator: torch.Generator, check_generator_seed: int, desc: str = "", run_folder: Path | None = None,
+          run_id: str = "") -> TrainResult:
+    """Train `model` for `cfg.steps` steps (or until an early stop or a pause). With `run_folder`, continue from
+    the checkpoint there if there is one, and write checkpoints to it."""
+    invocation_start = time.perf_counter()
+    step = TrainStep(model, task, cfg, device, precision, cfg.step_mode)
     res = TrainResult()
-    watch = Stopwatch(device)
-    reset_peak_memory(device)
+    done = 0
+    ckpt = load_checkpoint(run_folder / CHECKPOINT, run_id) if run_folder is not None else None
+    if ckpt is not None:
+        done = _restore(ckpt, model, step, generator, res, device)
     seq_len = task.seq_len
-    loss_ema = acc_ema = None
-    started = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc=desc, disable=not cfg.progress, leave=False, dynamic_ncols=True, mininterval=1.0)
+    reset_peak_memory(device)
+    bar = tqdm(total=cfg.steps, initial=done, desc=desc, disable=not cfg.progress, leave=False, dynamic_ncols=True,
+               mininterval=1.0)
     model.train()
-    for step in bar:
-        with watch:
-            batch = task.sample(cfg.batch_size, None, generator)
-            with autocast():
-                logits = model(batch.inputs)
-            loss, correct, scored = loss_and_accuracy(logits, batch.targets)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-        res.steps = step + 1
-        loss_v = float(loss.detach())
-        if not math.isfinite(loss_v):
-            res.status, res.error = "nan", f"non-finite training loss ({loss_v}) at step {step + 1}"
-            break
-        acc_v = int(correct) / max(int(scored), 1)
-        loss_ema = loss_v if loss_ema is None else 0.9 * loss_ema + 0.1 * loss_v
-        acc_ema = acc_v if acc_ema is None else 0.9 * acc_ema + 0.1 * acc_v
-        res.final_train_loss, res.final_train_accuracy = loss_v, acc_v
-        bar.set_postfix(loss=f"{loss_ema:.3f}", acc=f"{acc_ema:.3f}", refresh=False)
-        last = step + 1 == cfg.steps
-        if (step + 1) % cfg.check_every == 0 and not last:
-            # The check resets the allocator's peak, so bank the training peak first.
-            res.train_peak_mem_bytes = max(res.train_peak_mem_bytes, peak_memory_bytes(device))
-            # Held-out check on the same fixed batches every time (its own generator, reseeded).
-            g = torch.Generator(device=generator.device).manual_seed(check_generator_seed)
-            check = evaluate_length(model, task, seq_len, g, batches=1, batch_size=cfg.batch_size,
-                                    max_tokens=1 << 62, device=device, autocast=autocast)
-            res.history.append({"step": step + 1, "accuracy": check["accuracy"], "loss": check["loss"]})
-            if cfg.target_accuracy is not None and check["accuracy"] >= cfg.target_accuracy:
+    synchronize(device)
+    segment_start = last_ckpt_time = time.perf_counter()
+    last_ckpt_step = done
+
+    def bank_time():  # training time excludes checks and checkpoints; call after a sync
+        nonlocal segment_start
+        now = time.perf_counter()
+        res.train_time_s += now - segment_start
+        segment_start = now
+
+    with _StopRequest() as stop:
+        while done < cfg.steps:
+            step(task.sample(cfg.batch_size, None, generator))
+            done += 1
+            at_check = done % cfg.check_every == 0 and done < cfg.steps
+            if at_check or done % cfg.log_every == 0 or done == cfg.steps:
+                m = step.meters.read()  # the one host sync of the window
+                bank_time()
+                if m["first_bad_step"] >= 0:
+                    bad = m["first_bad_step"] + 1
+                    res.status, res.error = "nan", f"non-finite training loss at step {bad}"
+                    done = bad
+                    break
+                res.final_train_loss, res.final_train_accuracy = m["last_loss"], m["last_accuracy"]
+                bar.update(done - bar.n)
+                bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.3f}", refresh=False)
+            if at_check:
+                # The check resets the allocator's peak, so bank the training peak first.
+                res.train_peak_mem_bytes = max(res.train_peak_mem_bytes, peak_memory_bytes(device))
+                # Held-out check on the same fixed batches every time (its own generator, reseeded).
+                g = torch.Generator(device=generator.device).manual_seed(check_generator_seed)
+                check = evaluate_length(model, task, seq_len, g, batches=1,
+                                        batch_size=cfg.check_batch_size or cfg.batch_size,
+                                        max_tokens=1 << 62, device=device, autocast=autocast)
+                res.history.append({"step": done, "accuracy": check["accuracy"], "loss": check["loss"]})
+                synchronize(device)
+                segment_start = time.perf_counter()
+                if cfg.target_accuracy is not None and check["accuracy"] >= cfg.target_accuracy:
+                    res.stopped_early = True
+                    break
+            now = time.perf_counter()
+            if cfg.max_train_time_s is not None and res.train_time_s + (now - segment_start) > cfg.max_train_time_s:
                 res.stopped_early = True
                 break
-        if cfg.max_time_s is not None and time.perf_counter() - started > cfg.max_time_s:
-            res.stopped_early = True
-            break
+            out_of_budget = cfg.max_time_s is not None and now - invocation_start > cfg.max_time_s
+            if run_folder is not None and done < cfg.steps and (out_of_budget or stop.requested):
+                res.status = "paused"
+                break
+            due = (cfg.checkpoint_every_s is not None and now - last_ckpt_time > cfg.checkpoint_every_s) or \
+                  (cfg.checkpoint_every_steps is not None and done - last_ckpt_step >= cfg.checkpoint_every_steps)
+            if run_folder is not None and due and done < cfg.steps:
+                synchronize(device)
+                bank_time()
+                _checkpoint(run_folder, run_id, done, model, step, generator, res, device, "running")
+                last_ckpt_time, last_ckpt_step = time.perf_counter(), done
+                segment_start = last_ckpt_time
     bar.close()
-    res.train_time_s = watch.total
-    res.train_tokens_per_s = res.steps * cfg.batch_size * seq_len / max(watch.total, 1e-9)
+    synchronize(device)
+    if res.status != "nan":
+        m = step.meters.read()
+        if m["steps"]:
+            res.final_train_loss, res.final_train_accuracy = m["last_loss"], m["last_accuracy"]
+    bank_time()
+    res.steps = done
     res.train_peak_mem_bytes = max(res.train_peak_mem_bytes, peak_memory_bytes(device))
+    res.train_tokens_per_s = done * cfg.batch_size * seq_len / max(res.train_time_s, 1e-9)
+    res.step_mode, res.step_mode_reason = step.mode, step.reason
+    if run_folder is not None and res.status in ("paused", "ok"):
+        # Also when training is over: a call killed during the evaluation that follows then resumes there.
+        _checkpoint(run_folder, run_id, done, model, step, generator, res, device,
+                    "paused" if res.status == "paused" else "evaluating")
     return res

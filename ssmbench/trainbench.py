@@ -1,0 +1,159 @@
+"""`ssmbench-trainbench`: milliseconds per training step for each paper experiment and model, eager against the
+step captured as a CUDA graph.
+
+    ssmbench-trainbench --out results/training/rows                 # every experiment x model x step mode
+    ssmbench-trainbench --experiments induction --models mamba --modes graphs --tag k4-p0 --out DIR
+    ssmbench-trainbench --summarize results/training                # rows -> summary.md, rows.csv, plot
+
+A step here is exactly the training loop's: a fresh batch sampled on the device, forward, loss, backward, clip,
+AdamW, schedule (ssmbench.step.TrainStep). Each measurement runs `--warmup` steps (graph capture included), then
+`--repeats` timed blocks of `--steps` steps with the device synchronised at the block's ends only; the row holds
+the median block's ms/step. Several processes sharing one GPU are measured by starting several of these at once
+with their own `--tag` (scripts/trainbench_gpu.sh does it); the summary puts them side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_module
+
+from ssmbench.models.lm import LanguageModel
+
+from .config import register_configs
+from .env import environment
+from .metrics import peak_memory_bytes, reset_peak_memory, synchronize
+from .run import prepare
+from .step import TrainStep
+
+ATTENTION = ["model.d_model=128", "model.layer.n_heads=8"]
+# The paper's experiments and the models each one trains (Hydra overrides).
+EXPERIMENTS = {
+    "induction": {
+        "mamba": ["experiment=induction", "model=mamba"],
+        "transformer": ["experiment=induction", "model=transformer", *ATTENTION, "trainer.lr=2e-4"],
+        "h3": ["experiment=induction", "model=h3", "trainer.lr=2e-4"],
+        "hyena": ["experiment=induction", "model=hyena", "trainer.lr=2e-4"],
+        "lstm": ["experiment=induction", "model=lstm"],
+    },
+    "table1": {name: ["experiment=table1", f"model={name}"] for name in
+               ("mamba", "s6_nogate", "s6_h3", "s4", "h3", "hyena", "mamba_s4", "mamba_hyena", "transformer", "lstm")},
+}
+
+
+def compose_config(overrides: list[str]):
+    register_configs()
+    with initialize_config_module(config_module="ssmbench.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def bench_one(overrides: list[str], mode: str, steps: int, warmup: int, repeats: int) -> dict:
+    cfg = compose_config([*overrides, f"trainer.step_mode={mode}", "trainer.progress=false"])
+    p = prepare(cfg)
+    torch.manual_seed(0)
+    model = LanguageModel(p.model_cfg, p.task.vocab_size).to(p.device)
+    step = TrainStep(model, p.task, p.trainer, p.device, p.precision, mode)
+    gen = torch.Generator(device=p.device).manual_seed(0)
+    bs = p.trainer.batch_size
+    reset_peak_memory(p.device)
+    for _ in range(warmup):
+        step(p.task.sample(bs, None, gen))
+    times = []
+    for _ in range(repeats):
+        synchronize(p.device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(p.task.sample(bs, None, gen))
+        synchronize(p.device)
+        times.append((time.perf_counter() - t0) / steps)
+    ms = 1e3 * statistics.median(times)
+    last = step.meters.read()
+    return {"ms_per_step": ms, "tokens_per_s": bs * p.task.seq_len / (ms / 1e3), "step_mode": step.mode,
+            "step_mode_reason": step.reason, "batch_size": bs, "seq_len": p.task.seq_len,
+            "params": model.num_parameters(), "peak_mem_bytes": peak_memory_bytes(p.device),
+            "precision": p.precision, "finite_loss": last["last_loss"] == last["last_loss"],
+            "ms_per_step_blocks": [1e3 * t for t in times]}
+
+
+def run(args) -> list[dict]:
+    rows = []
+    out = Path(args.out) if args.out else None
+    env = None
+    for exp in args.experiments:
+        for name, overrides in EXPERIMENTS[exp].items():
+            if args.models and name not in args.models:
+                continue
+            for mode in args.modes:
+                base = {"experiment": exp, "model": name, "mode_asked": mode, "tag": args.tag}
+                try:
+                    row = {**base, **bench_one(overrides + args.override, mode, args.steps, args.warmup, args.repeats)}
+                except Exception as e:  # one model failing must not cost the others' numbers
+                    row = {**base, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+                if env is None:
+                    env = environment(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+                row.update(env)
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "ms_per_step_blocks"}), flush=True)
+                if out is not None:
+                    out.mkdir(parents=True, exist_ok=True)
+                    (out / f"{args.tag or 'solo'}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
+def summarize(folder: Path) -> str:
+    import pandas as pd
+
+    rows = [r for p in sorted((folder / "rows").glob("*.json")) for r in json.loads(p.read_text())]
+    df = pd.DataFrame(rows)
+    df.drop(columns=["ms_per_step_blocks"], errors="ignore").to_csv(folder / "rows.csv", index=False)
+    solo = df[df["tag"].fillna("") == ""]
+    lines = ["# Training step time", "", f"Device: {df['device'].iloc[0]}; torch {df['torch'].iloc[0]}, "
+             f"triton {df['triton'].iloc[0]}; commit {df['commit'].iloc[0]}. Median of "
+             "timed blocks, ms per step (sampling, forward, backward, clip, AdamW).", ""]
+    if len(solo):
+        table = solo.pivot_table(index=["experiment", "model"], columns="mode_asked", values="ms_per_step")
+        if {"eager", "graphs"} <= set(table.columns):
+            table["eager / graphs"] = table["eager"] / table["graphs"]
+        lines += ["## One process", "", table.round(3).to_markdown(), ""]
+        fell_back = solo[solo["step_mode_reason"].fillna("") != ""]
+        for _, r in fell_back.iterrows():
+            lines.append(f"- {r['experiment']} {r['model']}: {r['step_mode_reason']}")
+    shared = df[df["tag"].fillna("").str.startswith("k")]
+    if len(shared):
+        shared = shared.assign(k=shared["tag"].str.extract(r"k(\d+)")[0].astype(int))
+        agg = shared.groupby(["experiment", "model", "mode_asked", "k"]).agg(
+            ms_per_step=("ms_per_step", "median"), runs=("ms_per_step", "size")).reset_index()
+        agg["steps/s, all runs"] = agg["runs"] * 1e3 / agg["ms_per_step"]
+        lines += ["", "## k processes sharing the GPU (median ms/step of one process)", "",
+                  agg.round(3).to_markdown(index=False), ""]
+    text = "\n".join(lines) + "\n"
+    (folder / "summary.md").write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="ssmbench-trainbench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
+    ap.add_argument("--models", nargs="*", default=[])
+    ap.add_argument("--modes", nargs="+", default=["eager", "graphs"], choices=["eager", "graphs", "auto"])
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--tag", default="", help="kN-pI for process I of N sharing the GPU")
+    ap.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every run")
+    ap.add_argument("--out", default="", help="folder for this process's rows (<tag or solo>.json)")
+    ap.add_argument("--summarize", default="", help="write summary.md and rows.csv of FOLDER/rows and exit")
+    args = ap.parse_args(argv)
+    if args.summarize:
+        print(summarize(Path(args.summarize)))
+        return
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
