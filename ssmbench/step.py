@@ -16,7 +16,9 @@ The batch is sampled outside the graph and copied into the graph's static input 
 from __future__ import annotations
 
 import math
+import traceback
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
@@ -92,6 +94,21 @@ def make_optimizer(model, cfg: TrainerConfig, device: torch.device, graphs: bool
                              capturable=True)
 
 
+def first_error(e: BaseException) -> str:
+    """The error that broke a capture, with where it came from: capture_end's own complaint ("operation failed
+    due to a previous error during capture") hides it in the exception's context."""
+    while e.__context__ is not None:
+        e = e.__context__
+    where = ""
+    tb = traceback.extract_tb(e.__traceback__)
+    ours = [f for f in tb if "ssmbench" in f.filename or "/models/" in f.filename or "/kernels/" in f.filename]
+    if ours or tb:
+        f = (ours or tb)[-1]
+        where = f" (at {Path(f.filename).name}:{f.lineno}: {f.line})"
+    msg = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {msg}{where}"
+
+
 IMPLEMENTATION_KEYS = ("lr", "capturable", "fused", "foreach", "differentiable")
 
 
@@ -164,7 +181,8 @@ class TrainStep:
 
     def _body(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         if self.device_schedule:
-            factor = self.lr_table[self.step_t.clamp(max=self.lr_table.numel() - 1)]
+            # index_select, not lr_table[step_t]: indexing by a 0-d tensor reads it on the host (a sync).
+            factor = self.lr_table.index_select(0, self.step_t.clamp(max=self.lr_table.numel() - 1).view(1))
             for g, base in zip(self.opt.param_groups, self.base_lrs):
                 g["lr"].copy_(factor * base)
         with self._autocast():
@@ -211,7 +229,7 @@ class TrainStep:
                 self._body(self.static_inputs, self.static_targets)
         except Exception as e:  # a layer that cannot be captured: record why and go on eagerly
             torch.cuda.synchronize(self.device)
-            self.reason = f"CUDA graph capture failed, trained eagerly: {type(e).__name__}: {str(e).splitlines()[0]}"
+            self.reason = f"CUDA graph capture failed, trained eagerly: {first_error(e)}"
             self.mode = "eager"
             self.static_inputs = self.static_targets = None
             return self._body(batch.inputs, batch.targets)
