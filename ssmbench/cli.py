@@ -65,8 +65,10 @@ def run_one(cfg: DictConfig) -> list[dict] | None:
                  p.trainer.max_time_s, folder / CHECKPOINT)
         return rows
     write_rows(path, rows)
-    # The rows are the result now; the checkpoint only served to get here.
-    (folder / CHECKPOINT).unlink(missing_ok=True)
+    # A finished run's rows are its result; the checkpoint only served to get here. A run that failed keeps its
+    # checkpoint, so that `retry_failed=true` continues it rather than starting over.
+    if rows[0]["status"] in ("ok", "nan"):
+        (folder / CHECKPOINT).unlink(missing_ok=True)
     write_progress(folder, {"run_id": rid, "status": rows[0]["status"], "step": rows[0].get("steps"),
                             "rows": str(path), "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
     for r in rows:

@@ -83,15 +83,15 @@ class Meters:
                 "first_bad_step": int(first_bad)}
 
 
-def make_optimizer(model, cfg: TrainerConfig, device: torch.device, graphs: bool) -> torch.optim.AdamW:
+def make_optimizer(model, cfg: TrainerConfig, device: torch.device, device_schedule: bool) -> torch.optim.AdamW:
     groups = model.param_groups(cfg.weight_decay, cfg.ssm_lr)
-    if not graphs:
+    if not device_schedule:
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=device.type == "cuda")
-    # Capturable AdamW reads its learning rate from a device tensor that the graph itself updates.
+    # Fused AdamW reading its learning rate from a device tensor that the step itself updates; capturable on CUDA.
     for g in groups:
         g["lr"] = torch.tensor(g.get("lr", cfg.lr), device=device, dtype=torch.float32)
     return torch.optim.AdamW(groups, lr=torch.tensor(cfg.lr, device=device), betas=tuple(cfg.betas), fused=True,
-                             capturable=True)
+                             capturable=device.type == "cuda")
 
 
 def first_error(e: BaseException) -> str:
@@ -130,13 +130,15 @@ def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
 class TrainStep:
     """Runs steps of one model; `__call__(batch)` does one. Owns the optimizer and the schedule."""
 
-    def __init__(self, model, task, cfg: TrainerConfig, device: torch.device, precision: str, mode: str):
+    def __init__(self, model, task, cfg: TrainerConfig, device: torch.device, precision: str, mode: str,
+                 device_schedule: bool | None = None):
         self.model, self.task, self.cfg, self.device = model, task, cfg, device
         self.mode = resolve_step_mode(mode, device)
         self.reason = ""
         # With graphs the schedule lives on the device (a table of lr factors indexed by a device step counter),
         # so a replayed step updates its own learning rate; eager keeps torch's LambdaLR on host floats.
-        self.device_schedule = self.mode == "graphs"
+        # (`device_schedule=True` runs the graphs' arithmetic eagerly: how the CPU tests check it.)
+        self.device_schedule = self.mode == "graphs" if device_schedule is None else device_schedule
         self.dtype = torch.bfloat16 if precision == "bf16" else None
         self.opt = make_optimizer(model, cfg, device, self.device_schedule)
         self.meters = Meters(device)
@@ -184,7 +186,7 @@ class TrainStep:
             # index_select, not lr_table[step_t]: indexing by a 0-d tensor reads it on the host (a sync).
             factor = self.lr_table.index_select(0, self.step_t.clamp(max=self.lr_table.numel() - 1).view(1))
             for g, base in zip(self.opt.param_groups, self.base_lrs):
-                g["lr"].copy_(factor * base)
+                g["lr"].copy_(factor[0] * base)
         with self._autocast():
             logits = self.model(inputs)
         loss, correct, scored = loss_and_accuracy(logits, targets)

@@ -70,3 +70,47 @@ def test_graphed_step_follows_eager_loss_curve(model_name):
     for a, b in zip(eager, graphed):
         assert abs(a - b) <= 2e-3 * abs(a) + 1e-4, (eager, graphed)
     assert graphed[-1] < graphed[0]
+
+
+def _cpu_losses(device_schedule: bool, steps: int, resume_from=None):
+    p = prepare(compose_cfg(tiny_overrides("mamba") + ["device=cpu", "trainer.warmup_steps=5"]))
+    torch.manual_seed(0)
+    model = LanguageModel(p.model_cfg, p.task.vocab_size)
+    step = TrainStep(model, p.task, p.trainer, p.device, p.precision, "eager", device_schedule=device_schedule)
+    gen = torch.Generator().manual_seed(0)
+    done = 0
+    if resume_from is not None:
+        state, done = resume_from
+        model.load_state_dict(state["model"])
+        step.load_state_dict(state["train_step"], done)
+        gen.set_state(state["gen"])
+    losses = []
+    for _ in range(steps):
+        step(p.task.sample(p.trainer.batch_size, None, gen))
+        losses.append(step.meters.read()["last_loss"])
+    state = {"model": {k: v.clone() for k, v in model.state_dict().items()}, "train_step": step.state_dict(),
+             "gen": gen.get_state()}
+    return losses, step, (state, done + steps)
+
+
+def test_device_schedule_runs_the_graphs_arithmetic_and_matches_the_host_schedule():
+    # The arithmetic the CUDA graph replays (lr from a device table, fused AdamW with tensor lr), run eagerly.
+    host, host_step, _ = _cpu_losses(False, 12)
+    dev, dev_step, _ = _cpu_losses(True, 12)
+    assert dev_step.sched is None and torch.is_tensor(dev_step.opt.param_groups[0]["lr"])
+    assert int(dev_step.step_t) == 12
+    for a, b in zip(host, dev):
+        assert abs(a - b) <= 1e-4 * abs(a), (host, dev)
+    # each holds the schedule's lr: the device one the lr its 12th step used, LambdaLR the one for the next step
+    base = dev_step.base_lrs[0]
+    assert abs(float(dev_step.opt.param_groups[0]["lr"]) - base * lr_factor(dev_step.cfg, 11)) < 1e-9
+    assert abs(host_step.opt.param_groups[0]["lr"] - base * lr_factor(host_step.cfg, 12)) < 1e-9
+
+
+def test_a_checkpoint_continues_across_step_modes():
+    whole, _, _ = _cpu_losses(False, 12)
+    for first, second in ((True, False), (False, True)):
+        _, _, state = _cpu_losses(first, 6)
+        rest, _, _ = _cpu_losses(second, 6, resume_from=state)
+        for a, b in zip(whole[6:], rest):
+            assert abs(a - b) <= 1e-4 * abs(a), (first, whole[6:], rest)
