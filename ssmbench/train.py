@@ -12,6 +12,7 @@ returns status "paused". Divergence is a result, not a crash: a non-finite loss 
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import threading
@@ -28,6 +29,7 @@ from .evaluate import evaluate_length
 from .metrics import peak_memory_bytes, reset_peak_memory, synchronize
 from .step import STEP_MODES, TrainStep
 
+log = logging.getLogger("ssmbench")
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -192,6 +194,8 @@ def train(model, task, cfg: TrainerConfig, device: torch.device, precision: str,
                                         batch_size=cfg.check_batch_size or cfg.batch_size,
                                         max_tokens=1 << 62, device=device, autocast=autocast)
                 res.history.append({"step": done, "accuracy": check["accuracy"], "loss": check["loss"]})
+                log.info("%s step %d/%d: held-out accuracy %.4f loss %.4f | training loss %.4f (last %d steps)",
+                         desc, done, cfg.steps, check["accuracy"], check["loss"], m["loss"], m["steps"])
                 synchronize(device)
                 segment_start = time.perf_counter()
                 if cfg.target_accuracy is not None and check["accuracy"] >= cfg.target_accuracy:
