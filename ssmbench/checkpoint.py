@@ -2,7 +2,8 @@
 
     <results_root>/<study>/rows/<run_id>.json          the finished run's rows (results.py)
     <results_root>/<study>/runs/<run_id>/checkpoint.pt  a run in progress: everything needed to continue it
-    <results_root>/<study>/runs/<run_id>/progress.json  where it stands (step, status, last check), for people
+    <results_root>/<study>/runs/<run_id>/progress.json  where it stands (step, status, held-out checks so far)
+    <results_root>/<study>/runs/<run_id>/run.json       what the run is (model, task, seed, lr, steps, config)
     <results_root>/<study>/runs/<run_id>/model.pt       the trained model, kept for `ssmbench-eval`
 
 Both .pt files are plain `torch.save` dicts of tensors, numbers, strings and lists, loadable with
@@ -29,6 +30,7 @@ log = logging.getLogger("ssmbench")
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
 PROGRESS = "progress.json"
+RUN_INFO = "run.json"
 
 
 def run_dir(results_root: str | Path, study: str, rid: str) -> Path:
@@ -87,6 +89,10 @@ def load_checkpoint(path: Path, run_id: str) -> dict[str, Any] | None:
 
 def write_progress(folder: Path, progress: dict[str, Any]) -> None:
     atomic_write_text(folder / PROGRESS, json.dumps(progress, indent=1, default=str) + "\n")
+
+
+def write_run_info(folder: Path, info: dict[str, Any]) -> None:
+    atomic_write_text(folder / RUN_INFO, json.dumps(info, indent=1, default=str) + "\n")
 
 
 def save_model(folder: Path, model: torch.nn.Module, meta: dict[str, Any]) -> Path:

@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .config import register_configs
-from .checkpoint import CHECKPOINT, run_dir, write_progress
+from .checkpoint import CHECKPOINT, run_dir, write_progress, write_run_info
 from .results import finished, rows_path, run_id, write_rows
 from .run import RunConfigError, execute, prepare
 
@@ -58,6 +58,10 @@ def run_one(cfg: DictConfig) -> list[dict] | None:
         return None
     if not cfg.resume:  # start over: a checkpoint left by an earlier call is not continued
         (folder / CHECKPOINT).unlink(missing_ok=True)
+    write_run_info(folder, {"run_id": rid, "study": cfg.study, "model": p.model_cfg.name, "task": cfg.task.name,
+                            "seed": cfg.seed, "lr": p.trainer.lr, "batch_size": p.trainer.batch_size,
+                            "train_len": p.task.seq_len, "steps": p.trainer.steps,
+                            "config": OmegaConf.to_yaml(cfg, resolve=True)})
     rows = execute(p, rid, cfg.study, run_folder=folder, save_trained_model=cfg.save_model)
     if rows and rows[0]["status"] == "paused":
         log.info("run %s (%s) paused at step %d of %d (trainer.max_time_s=%s spent, or SIGTERM); checkpoint at %s: "

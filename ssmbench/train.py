@@ -139,6 +139,7 @@ def _checkpoint(folder: Path, run_id: str, done: int, model, step: TrainStep, ge
     save_checkpoint(folder / CHECKPOINT, state)
     write_progress(folder, {"run_id": run_id, "status": status, "step": done, "train_time_s": res.train_time_s,
                             "resumes": res.resumes, "last_check": res.history[-1] if res.history else None,
+                            "history": res.history,
                             "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
 
 
