@@ -23,16 +23,22 @@ import pandas as pd
 from .grouping import score, variant_labels
 from .paper import write_comparison
 from .plots import induction_extrapolation, learning_curves, line_styles, save_figure
+from .progress_report import write_in_progress
 from .results import load_all
 
 STATUS_ORDER = ("ok", "nan", "oom", "error")
 
 
 def load_frame(folder: str | Path) -> pd.DataFrame:
+    """The rows under `folder` as a frame; `df.attrs["unreadable"]` lists (file name, reason) of the row files that
+    could not be read (truncated, corrupt, not rows), which the summary names instead of crashing on them."""
     rows = load_all(folder)
     if not rows:
-        raise SystemExit(f"ssmbench-report: no rows under {folder} (expected {folder}/rows/*.json)")
+        bad = "".join(f"\n  {name}: {reason}" for name, reason in rows.unreadable)
+        raise SystemExit(f"ssmbench-report: no rows under {folder} (expected {folder}/rows/*.json)"
+                         + (f"; files not read:{bad}" if bad else ""))
     df = pd.DataFrame(rows)
+    df.attrs["unreadable"] = list(rows.unreadable)
     for col in ("accuracy", "loss", "train_tokens_per_s", "eval_tokens_per_s", "train_peak_mem_bytes", "params",
                 "eval_len"):
         if col not in df:
@@ -149,6 +155,11 @@ def plot(df: pd.DataFrame, out: Path) -> list[Path]:
 
 def write_report(folder: str | Path) -> str:
     folder = Path(folder)
+    in_progress = write_in_progress(folder)  # runs paused mid-training: listed apart, never as results
+    if in_progress and not list(folder.glob("rows/*.json")):
+        text = f"# Results: {folder.name}\n\nNo run has finished yet.\n\n{in_progress}"
+        (folder / "summary.md").write_text(text)
+        return text
     df = load_frame(folder)
     flat = df.drop(columns=[c for c in ("config", "history") if c in df])
     flat.sort_values([c for c in ("model", "seed", "eval_len") if c in flat]).to_csv(folder / "rows.csv", index=False)
@@ -158,7 +169,15 @@ def write_report(folder: str | Path) -> str:
     acc.to_csv(folder / "accuracy.csv")
     parts = [f"# Results: {folder.name}", "",
              f"{df['run_id'].nunique()} runs, {len(df)} rows; task: {', '.join(sorted(df['task'].dropna().unique()))}.",
-             "", "## Accuracy (%) on scored positions, by evaluation length", "", acc.to_markdown(disable_numparse=True), ""]
+             ""]
+    unreadable = df.attrs.get("unreadable") or []
+    if unreadable:
+        parts += ["## Files not read", "",
+                  f"{len(unreadable)} row files are not complete JSON lists of rows (truncated, corrupt or not rows); "
+                  "their runs are missing from every table below. Running the same sweep again (resume) moves "
+                  "each aside and redoes its run.", ""]
+        parts += [f"- `{name}`: {reason.splitlines()[0] if reason else ''}" for name, reason in unreadable] + [""]
+    parts += ["## Accuracy (%) on scored positions, by evaluation length", "", acc.to_markdown(disable_numparse=True), ""]
     if not eff.empty:
         eff.to_csv(folder / "efficiency.csv")
         parts += ["## Efficiency (training at the training length)", "", eff.to_markdown(), ""]
@@ -173,6 +192,8 @@ def write_report(folder: str | Path) -> str:
         parts += ["## Beside the paper", "", f"Our numbers beside the Mamba paper's: [{comparison.name}]({comparison.name}).", ""]
     plots = plot(df, folder / "plots")
     parts += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
+    if in_progress:
+        parts += [in_progress]
     text = "\n".join(parts)
     (folder / "summary.md").write_text(text)
     return text

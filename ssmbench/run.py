@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -20,15 +22,16 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from ssmbench.kernels.selective_scan import resolve_backend
+from ssmbench.kernels.selective_scan import BackendUnavailable, available_backends, resolve_backend
 from ssmbench.models.lm import LanguageModel, ModelConfig
-from ssmbench.models.registry import ConfigError
+from ssmbench.models.registry import ConfigError, check_block_keys
 
 from .checkpoint import save_model
 from .config import INVOCATION_KEYS, EvalConfig, TrainerConfig
 from .env import environment
 from .evaluate import autocast_factory, evaluate_length
 from .metrics import free_cached_memory, is_out_of_memory
+from .results import rows_dir
 from .train import TrainerConfigError, train, validate_trainer
 
 log = logging.getLogger("ssmbench")
@@ -76,6 +79,71 @@ def build_task(task_cfg: DictConfig):
         raise RunConfigError(f"task.{e}" if str(e).split()[0] in params else f"task: {e}") from e
 
 
+def check_block_keys_used(model_cfg: ModelConfig) -> None:
+    """model.expand, d_conv (mamba block), shift_d_state (h3), mlp_ratio (transformer, rnn): a block that does not
+    use one takes it silently, so a value away from the default on such a block is a config error."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.default is not dataclasses.MISSING}
+    check_block_keys(model_cfg.arch, dataclasses.asdict(model_cfg), defaults)
+
+
+def check_scan_backend(model_cfg: ModelConfig, device: torch.device, device_key: str) -> None:
+    """An explicit model.layer.scan_backend (triton, mamba_ssm) must be able to run on the run's device; otherwise
+    the run would fail at its first step."""
+    backend = dict(model_cfg.layer).get("scan_backend", "auto")
+    try:
+        scan_backend_of(model_cfg, device)
+    except BackendUnavailable as e:
+        on = f"device={device_key}" + (f" ({device})" if device_key != str(device) else "")
+        raise RunConfigError(f"model.layer.scan_backend={backend} cannot run on {on}: {str(e).split(': ', 1)[-1]}; "
+                             f"backends that can run here: auto, {', '.join(available_backends(device))}") from e
+
+
+def check_eval_lengths(lengths: list[int]) -> None:
+    seen, dups = set(), []
+    for L in lengths:
+        if L in seen and L not in dups:
+            dups.append(L)
+        seen.add(L)
+    if dups:
+        raise RunConfigError(f"eval.lengths={list(lengths)} repeats {', '.join(map(str, dups))}: each length is "
+                             "evaluated once and gives one row; list every length once")
+
+
+def check_study(study: str, results_root: str) -> None:
+    """The study names a folder inside results_root: relative, not empty, and no '..' that leaves it."""
+    s = str(study)
+    norm = os.path.normpath(s) if s else ""
+    if not s.strip() or os.path.isabs(s) or norm in (".", "") or norm == ".." or norm.startswith(".." + os.sep):
+        raise RunConfigError(f"study={s!r} does not name a folder inside results_root={results_root!r}: a study is a "
+                             "relative folder name such as study=demo or study=sweeps/a (no absolute path, no '..' "
+                             "leading out)")
+
+
+def results_write_problem(folder: Path) -> str | None:
+    """None when `folder` is a writable folder or can be created as one; otherwise why not. Leaves nothing behind:
+    a folder not there yet is checked through its nearest existing parent (where it would be created)."""
+    probe = folder
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} exists and is not a folder"
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".ssmbench-write-check-", suffix=".tmp")
+    except OSError as e:
+        return f"cannot create a file in {probe}: {e.strerror or e}"
+    os.close(fd)
+    os.unlink(tmp)
+    return None
+
+
+def check_results_writable(results_root: str, study: str) -> None:
+    folder = rows_dir(results_root, study)
+    problem = results_write_problem(folder)
+    if problem is not None:
+        raise RunConfigError(f"results_root={results_root!r} (study={study!r}): rows cannot be written to {folder}: "
+                             f"{problem}")
+
+
 def prepare(cfg: DictConfig) -> Prepared:
     """All validation that needs no training. Raises RunConfigError naming the offending key."""
     task, task_params = build_task(cfg.task)
@@ -87,13 +155,16 @@ def prepare(cfg: DictConfig) -> Prepared:
         # Building the model on the meta device checks every model key (names, sizes, heads | d_model) at no cost.
         with torch.device("meta"):
             LanguageModel(model_cfg, task.vocab_size)
+        check_block_keys_used(model_cfg)
     except (ConfigError, TrainerConfigError) as e:
         raise RunConfigError(str(e)) from e
     except ValueError as e:
         raise RunConfigError(f"model: {e}") from e
     device = resolve_device(cfg.device)
+    check_scan_backend(model_cfg, device, str(cfg.device))
     precision = trainer.precision if trainer.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     lengths = list(ev.lengths) or [task.seq_len]
+    check_eval_lengths(lengths)
     for key in ("batch_size", "batches", "max_tokens"):
         if getattr(ev, key) <= 0:
             raise RunConfigError(f"eval.{key} must be > 0, got {getattr(ev, key)}")
@@ -104,6 +175,9 @@ def prepare(cfg: DictConfig) -> Prepared:
             raise RunConfigError(f"eval.lengths: {L} is not a valid length for this task: {e}") from e
     if cfg.seed < 0:
         raise RunConfigError(f"seed must be >= 0, got {cfg.seed}")
+    check_study(cfg.study, cfg.results_root)
+    # Last, once the config is known good: that the rows can be stored, before any training is spent on them.
+    check_results_writable(cfg.results_root, cfg.study)
     identity = {
         "task": OmegaConf.to_container(cfg.task, resolve=True),
         "model": OmegaConf.to_container(cfg.model, resolve=True),
