@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .config import register_configs
+from .callbacks import OUTCOMES
 from .checkpoint import CHECKPOINT, run_dir, write_progress, write_run_info
 from .results import finished, rows_path, run_id, write_rows
 from .run import RunConfigError, execute, prepare
@@ -47,6 +48,7 @@ def run_one(cfg: DictConfig) -> list[dict] | None:
                          "model": cfg.model.get("name"), "seed": cfg.seed, "status": "error",
                          "error": f"config error: {e}", "config": OmegaConf.to_yaml(cfg, resolve=True)}])
             log.error("config error: %s", e)
+            OUTCOMES.append(("invalid", f"{cfg.model.get('name')} on {cfg.task.get('name')}", str(e)))
             return None
         raise
     rid = run_id(p.identity)
@@ -55,6 +57,7 @@ def run_one(cfg: DictConfig) -> list[dict] | None:
     label = f"{p.model_cfg.name} on {cfg.task.name}, seed {cfg.seed}"
     if cfg.resume and finished(path, cfg.retry_failed):
         log.info("skipping run %s (%s): rows exist at %s", rid, label, path)
+        OUTCOMES.append(("skipped", label, str(path)))
         return None
     if not cfg.resume:  # start over: a checkpoint left by an earlier call is not continued
         (folder / CHECKPOINT).unlink(missing_ok=True)
@@ -67,6 +70,7 @@ def run_one(cfg: DictConfig) -> list[dict] | None:
         log.info("run %s (%s) paused at step %d of %d (trainer.max_time_s=%s spent, or SIGTERM); checkpoint at %s: "
                  "run the same command again to continue", rid, label, rows[0]["steps"], p.trainer.steps,
                  p.trainer.max_time_s, folder / CHECKPOINT)
+        OUTCOMES.append(("paused", f"{label} at step {rows[0]['steps']}/{p.trainer.steps}", str(folder)))
         return rows
     write_rows(path, rows)
     # A finished run's rows are its result; the checkpoint only served to get here. A run that failed keeps its
@@ -79,16 +83,28 @@ def run_one(cfg: DictConfig) -> list[dict] | None:
         log.info("%s %s L=%s: status=%s accuracy=%.4f params=%s train tok/s=%.0f", r["model"], r["task"],
                  r["eval_len"], r["status"], r["accuracy"], r.get("params"), r.get("train_tokens_per_s", float("nan")))
     log.info("run %s (%s): rows written to %s", rid, label, path)
+    status = rows[0]["status"]
+    OUTCOMES.append(("finished" if status == "ok" else status, label, str(path)))
     return rows
 
 
 @hydra.main(version_base="1.3", config_path="pkg://ssmbench.conf", config_name="config")
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> float | None:
+    """Returns the held-out accuracy at the training length (what `hydra/sweeper=optuna` maximises), or None
+    for a run skipped, paused or failed."""
     try:
-        run_one(cfg)
+        rows = run_one(cfg)
     except RunConfigError as e:
         print(f"ssmbench: config error: {e}", file=sys.stderr)
         sys.exit(2)
+    return training_length_accuracy(rows)
+
+
+def training_length_accuracy(rows: list[dict] | None) -> float | None:
+    for r in rows or []:
+        if r.get("status") == "ok" and r.get("eval_len") == r.get("train_len"):
+            return float(r["accuracy"])
+    return None
 
 
 def main() -> None:

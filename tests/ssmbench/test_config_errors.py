@@ -9,7 +9,7 @@ from .helpers import cli
 
 @pytest.mark.parametrize("override, needle", [
     ("task.seq_len=-5", "task.seq_len"),
-    ("task.seq_len=20", "task.seq_len"),  # too short for 16 data tokens
+    ("task.seq_len=10", "task.seq_len"),  # too short for the default 8 data tokens
     ("task.vocab_size=2", "task.vocab_size"),
     ("task.seq_lenn=5", "task.seq_lenn"),  # typo: Hydra rejects the key
     ("trainer.lr=fast", "trainer.lr"),  # wrong type

@@ -13,6 +13,7 @@ import torch
 
 from ssmbench.checkpoint import CHECKPOINT, MODEL, PROGRESS
 from ssmbench.reeval import evaluate_kept
+from ssmbench.report import write_report
 from ssmbench.results import load_all
 
 from .helpers import cli, tiny_overrides
@@ -90,6 +91,9 @@ def test_time_budget_pauses_and_the_next_calls_continue(tmp_path):
             assert "paused at step" in res.stderr + res.stdout
             progress = json.loads((_only_run(root, "s") / PROGRESS).read_text())
             assert progress["status"] == "paused" and 0 < progress["step"] < 80
+            if calls == 1:  # the report lists a paused run apart, and gives it no result
+                text = write_report(root / "s")
+                assert "No run has finished yet" in text and "Runs in progress" in text and "| mamba |" in text
     assert calls >= 2
     rows = load_all(root / "s")
     assert _stable(rows) == _stable(rows_ref)
