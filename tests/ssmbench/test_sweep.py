@@ -23,6 +23,8 @@ def test_tiny_sweep_end_to_end(tmp_path):
     res = cli(["-m", "model=transformer,lstm", *tiny_overrides("transformer")[1:], f"results_root={tmp_path}",
                "study=tiny", "eval.lengths=[32,64]"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "== sweep done" in res.stdout and "this sweep: 2 finished" in res.stdout  # the closing summary
+    assert f"next: ssmbench-report {tmp_path / 'tiny'}" in res.stdout
     rows = _rows(tmp_path / "tiny")
     assert len(rows) == 4  # 2 models x 2 evaluation lengths
     assert {r["model"] for r in rows} == {"transformer", "lstm"}
