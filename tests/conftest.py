@@ -20,6 +20,20 @@ if not torch.cuda.is_available():
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+try:
+    import pytest_benchmark  # noqa: F401
+except ImportError:  # the dev extra is not installed: plain `pytest` still runs everything else
+    collect_ignore_glob = ["benchmarks/*"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    # Benchmarks time nothing unless asked (`--benchmark-enable`): CI and `make test` run them once as tests.
+    # Set here rather than in addopts, which would fail without the plugin. tryfirst: before the plugin reads it.
+    if config.pluginmanager.hasplugin("benchmark") and not config.getoption("benchmark_enable", False):
+        config.option.benchmark_disable = True
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -1,4 +1,4 @@
-"""pytest-benchmark suites. `pytest` runs each once as a test (pyproject's addopts has --benchmark-disable);
+"""pytest-benchmark suites. `pytest` runs each once as a test (tests/conftest.py disables the timing);
 compare commits with
 
     pytest tests/benchmarks --benchmark-enable --benchmark-json=before.json      # on the CPU sizes
