@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Trains the runs listed in a study file side by side on one GPU machine, each for at most BUDGET_S seconds of
+# this call; a run not done checkpoints and pauses, and calling this again continues every unfinished run and
+# skips the finished ones (durable runs, README "Long runs, in pieces").
+#   bash scripts/gpu_parallel.sh scripts/studies/induction.txt BUDGET_S [RESULTS_ROOT] [extra overrides...]
+# (PYTHON=.venv/bin/python to use a virtualenv's ssmbench)
+# The study file holds one run a line: a name, then that run's ssmbench arguments (experiment=... sets the
+# study folder). Logs: RESULTS_ROOT/<study>/logs/<name>.log. On the lent GPU machine ($OUT set) each study folder
+# is copied into $OUT every minute and at the end (gpu_snapshot.sh), so a call cut off by its time limit still
+# brings back the last checkpoints. BUDGET_S covers training only: a run that finishes then evaluates (for
+# induction up to 15 lengths, up to 30 s each), so leave the call ~8 minutes more than BUDGET_S when runs may
+# finish and ~1 minute when none can.
+set -uo pipefail
+list=${1:?study file}; budget=${2:?budget in seconds}; root=${3:-results}; shift 3 || shift $#
+here=$(dirname "$0")
+py=${PYTHON:-python3}  # the interpreter that has ssmbench installed
+studies=()
+pids=()
+while read -r name args; do
+  [[ -z "$name" || "$name" == \#* ]] && continue
+  # shellcheck disable=SC2086
+  study=$("$py" -m ssmbench.cli $args results_root="$root" --cfg job 2>/dev/null | awk '/^study:/ {print $2}')
+  study=${study:-default}
+  mkdir -p "$root/$study/logs"
+  [[ " ${studies[*]} " == *" $study "* ]] || studies+=("$study")
+  # shellcheck disable=SC2086
+  "$py" -m ssmbench.cli $args results_root="$root" trainer.max_time_s="$budget" trainer.progress=false "$@" \
+    >>"$root/$study/logs/$name.log" 2>&1 &
+  pids+=($!)
+done < "$list"
+snappers=()
+if [ -n "${OUT:-}" ]; then
+  for study in "${studies[@]}"; do bash "$here/gpu_snapshot.sh" "$root/$study" 60 & snappers+=($!); done
+fi
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+for s in "${snappers[@]}"; do kill "$s" 2>/dev/null; done
+if [ -n "${OUT:-}" ]; then for study in "${studies[@]}"; do bash "$here/gpu_snapshot.sh" "$root/$study"; done; fi
+for study in "${studies[@]}"; do
+  grep -h "paused at step\|rows written\|skipping run\|Error\|error" "$root/$study"/logs/*.log | tail -n 30
+done
+exit $status

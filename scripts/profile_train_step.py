@@ -1,0 +1,144 @@
+"""Where a training step's time goes: a torch.profiler trace of a few steps of one experiment's model, summarised
+as the kernels (GPU) or ops (CPU) that take the most time, grouped into the families a reader can act on.
+
+    python scripts/profile_train_step.py --experiment table1 --model mamba --out results/training/profile
+    python scripts/profile_train_step.py --experiment induction --model transformer --mode eager
+
+Writes <out>/profile_<experiment>_<model>_<mode>.md (the tables, the environment and commit) and, with --trace,
+a Chrome trace (open in chrome://tracing or Perfetto). The step is exactly the training loop's
+(ssmbench.step.TrainStep), warmed up (and captured, in graphs mode) before the profiled steps; in graphs mode the
+profiler still sees each kernel of the replayed graph on the GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from ssmbench.env import environment
+from ssmbench.metrics import synchronize
+from ssmbench.models.lm import LanguageModel
+from ssmbench.run import prepare
+from ssmbench.step import TrainStep
+from ssmbench.trainbench import EXPERIMENTS, compose_config
+
+# Kernel/op name patterns -> the family of work they belong to (first match wins).
+FAMILIES = [
+    ("selective scan (Triton)", r"_scan|selective"),
+    ("causal conv1d", r"conv1d|_conv_"),
+    ("GEMM (projections, head)", r"gemm|matmul|mm_|sm90|cutlass|cublas|nvjet|addmm|\bmm\b|bmm|linear"),
+    ("attention (SDPA)", r"flash|attention|fmha|sdpa|efficient_attention"),
+    ("FFT convolution", r"fft"),
+    ("cross-entropy / softmax", r"cross_entropy|nll|softmax|log_softmax"),
+    ("optimizer (AdamW, clipping)", r"adam|foreach|multi_tensor|norm_kernel|clip"),
+    ("norms (RMSNorm/LayerNorm)", r"rms|layer_norm|layernorm"),
+    ("layout copies / casts", r"copy|transpose|contiguous|cat|to_copy|direct_copy|_to\b"),
+    ("reductions", r"reduce|sum|mean|argmax"),
+    ("element-wise", r"elementwise|vectorized|unrolled|silu|gelu|mul|add|exp|sigmoid|where"),
+]
+
+
+def family(name: str) -> str:
+    low = name.lower()
+    for fam, pat in FAMILIES:
+        if re.search(pat, low):
+            return fam
+    return "other"
+
+
+def profile_step(overrides: list[str], mode: str, warmup: int, steps: int, trace: Path | None):
+    cfg = compose_config([*overrides, f"trainer.step_mode={mode}", "trainer.progress=false"])
+    p = prepare(cfg)
+    torch.manual_seed(0)
+    model = LanguageModel(p.model_cfg, p.task.vocab_size).to(p.device)
+    step = TrainStep(model, p.task, p.trainer, p.device, p.precision, mode)
+    gen = torch.Generator(device=p.device).manual_seed(0)
+    bs = p.trainer.batch_size
+    for _ in range(warmup):
+        step(p.task.sample(bs, None, gen))
+    synchronize(p.device)
+    cuda = p.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step(p.task.sample(bs, None, gen))
+        synchronize(p.device)
+    if trace is not None:
+        prof.export_chrome_trace(str(trace))
+    return prof, p, step
+
+
+def summarise(prof, cuda: bool, steps: int) -> tuple[list, dict]:
+    """Per-kernel rows (name, calls per step, ms per step) and per-family ms per step."""
+    rows = []
+    fam_ms: dict[str, float] = defaultdict(float)
+    for evt in prof.key_averages():
+        if cuda:
+            us = getattr(evt, "self_device_time_total", None)
+            if us is None:
+                us = evt.self_cuda_time_total
+            if evt.device_type != torch.autograd.DeviceType.CUDA and us == 0:
+                continue
+        else:
+            us = evt.self_cpu_time_total
+        if us <= 0:
+            continue
+        ms = us / 1e3 / steps
+        rows.append((evt.key, evt.count / steps, ms))
+        fam_ms[family(evt.key)] += ms
+    rows.sort(key=lambda r: -r[2])
+    return rows, dict(sorted(fam_ms.items(), key=lambda kv: -kv[1]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--experiment", default="table1", choices=list(EXPERIMENTS))
+    ap.add_argument("--model", default="mamba")
+    ap.add_argument("--mode", default="auto", choices=["auto", "eager", "graphs"])
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides")
+    ap.add_argument("--out", default="results/training/profile")
+    ap.add_argument("--trace", action="store_true", help="also write a Chrome trace")
+    args = ap.parse_args(argv)
+    if args.model not in EXPERIMENTS[args.experiment]:
+        sys.exit(f"--model {args.model!r} is not one of {sorted(EXPERIMENTS[args.experiment])}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"profile_{args.experiment}_{args.model}_{args.mode}"
+    overrides = EXPERIMENTS[args.experiment][args.model] + args.override
+    prof, p, step = profile_step(overrides, args.mode, args.warmup, args.steps,
+                                 out / f"{stem}.json" if args.trace else None)
+    cuda = p.device.type == "cuda"
+    rows, fams = summarise(prof, cuda, args.steps)
+    total = sum(fams.values())
+    env = environment(p.device)
+    where = "GPU kernel time (self)" if cuda else "CPU op time (self)"
+    lines = [f"# Training step profile: {args.experiment} / {args.model} ({step.mode})", "",
+             f"{env['device']}; torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}; commit "
+             f"{env['commit']}. Batch {p.trainer.batch_size}, L {p.task.seq_len}, {p.precision}. {args.steps} steps "
+             f"profiled after {args.warmup} warm-up steps. {where}: {total:.3f} ms per step in all.",
+             "", f"Command: `python scripts/profile_train_step.py {' '.join(argv or sys.argv[1:])}`", "",
+             "## By family", "", "| family | ms per step | share |", "|---|---|---|"]
+    lines += [f"| {f} | {ms:.3f} | {100 * ms / max(total, 1e-12):.1f}% |" for f, ms in fams.items()]
+    lines += ["", f"## Top {args.top} {'kernels' if cuda else 'ops'}", "",
+              "| name | calls per step | ms per step | family |", "|---|---|---|---|"]
+    for name, calls, ms in rows[:args.top]:
+        short = name if len(name) <= 90 else name[:87] + "..."
+        lines.append(f"| `{short}` | {calls:g} | {ms:.3f} | {family(name)} |")
+    if step.reason:
+        lines += ["", f"Note: {step.reason}"]
+    text = "\n".join(lines) + "\n"
+    (out / f"{stem}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
