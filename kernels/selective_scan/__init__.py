@@ -6,7 +6,9 @@
 Backends: "reference" (sequential loop, ground truth), "torch" (chunked parallel scan, any device), "triton"
 (fused kernels, CUDA or TRITON_INTERPRET=1), "mamba_ssm" (official CUDA kernel, when importable). "auto" picks
 the fastest one that can run on the inputs' device. Asking for a backend that cannot run raises
-BackendUnavailable with the reason; nothing falls back silently.
+BackendUnavailable with the reason; nothing falls back silently. Every entry (this dispatcher, each backend's own
+function, the decode step) checks its arguments the same way first (checks.py): a wrong shape, group count,
+length or dtype is a ValueError naming the argument and both shapes, never a silent slice or cast.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from .checks import check_scan_args
+
 BACKENDS = ("reference", "torch", "triton", "mamba_ssm")
 
 
@@ -85,15 +87,16 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
 
 
 def _impl(backend: str):
+    """The backend's implementation, minus the argument check that `selective_scan` has already made."""
     if backend == "reference":
-        from .reference import selective_scan_ref
-        return selective_scan_ref
+        from .reference import scan_ref_unchecked
+        return scan_ref_unchecked
     if backend == "torch":
-        from .torch_scan import selective_scan_torch
-        return selective_scan_torch
+        from .torch_scan import scan_torch_unchecked
+        return scan_torch_unchecked
     if backend == "triton":
-        from .triton_scan import selective_scan_triton
-        return selective_scan_triton
+        from .triton_scan import scan_triton_unchecked
+        return scan_triton_unchecked
     if backend == "mamba_ssm":
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
         return selective_scan_fn
@@ -102,6 +105,9 @@ def _impl(backend: str):
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, backend="auto"):
+    if not isinstance(u, torch.Tensor):
+        raise TypeError(f"u must be a torch.Tensor, got {type(u).__name__}")
     backend = resolve_backend(backend, u.device)
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias, backend=backend)  # once, here, for every backend
     return _impl(backend)(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
                           return_last_state=return_last_state)

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from .backends import BackendUnavailable, resolve_kernel_backend
-from .reference import selective_state_update_ref
+from .checks import check_step_args
+from .reference import state_update_ref_unchecked
 
 DECODE_BACKENDS = ("reference", "triton")
 
@@ -25,9 +26,12 @@ def resolve_decode_backend(backend: str, device: torch.device | str) -> str:
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
                            backend="auto"):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     backend = resolve_decode_backend(backend, x.device)
+    check_step_args(state, x, dt, A, B, C, D, z, dt_bias, backend=backend)
     if backend == "triton":
-        from .triton_decode import selective_state_update_triton
-        return selective_state_update_triton(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
+        from .triton_decode import state_update_triton_unchecked
+        return state_update_triton_unchecked(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
                                              dt_softplus=dt_softplus)
-    return selective_state_update_ref(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
+    return state_update_ref_unchecked(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)

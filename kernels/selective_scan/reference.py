@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .checks import check_scan_args, check_step_args
+
 
 def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
@@ -40,6 +42,13 @@ def prepare_delta(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_so
 
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False, initial_state=None):
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state, backend="reference")
+    return scan_ref_unchecked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, initial_state)
+
+
+def scan_ref_unchecked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       return_last_state=False, initial_state=None):
+    """selective_scan_ref without the argument check (for callers that have just made it)."""
     dtype_out = u.dtype
     ct = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     batch, dim, L = u.shape
@@ -67,6 +76,12 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 def selective_state_update_ref(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
     """One decode step. state: [batch, dim, N] (updated in place and returned); x, dt, z: [batch, dim];
     B, C: [batch, N] or [batch, groups, N]. Returns (y [batch, dim], state)."""
+    check_step_args(state, x, dt, A, B, C, D, z, dt_bias, backend="reference")
+    return state_update_ref_unchecked(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+def state_update_ref_unchecked(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """selective_state_update_ref without the argument check (for callers that have just made it)."""
     ct = compute_dtype(state, x, dt, A, B, C)
     batch, dim = x.shape
     dt = prepare_delta(dt, dt_bias, dt_softplus, ct)

@@ -53,6 +53,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .checks import check_scan_args
 from .reference import compute_dtype, prepare_delta
 
 INNER_SCANS = ("sequential", "doubling")
@@ -130,6 +131,14 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     ([batch, dim, N], in that arithmetic dtype) is returned too when return_last_state.
     chunk_size: steps per chunk (default: see `_default_chunk_size`). inner_scan: "sequential" or "doubling"
     (default: sequential on the CPU, doubling elsewhere)."""
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state, backend="torch")
+    return scan_torch_unchecked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                                initial_state, chunk_size, inner_scan)
+
+
+def scan_torch_unchecked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                         return_last_state=False, initial_state=None, chunk_size=None, inner_scan=None):
+    """selective_scan_torch without the argument check (for callers that have just made it)."""
     dtype_out = u.dtype
     ct = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     batch, dim, L = u.shape

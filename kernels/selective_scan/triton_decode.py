@@ -15,11 +15,18 @@ from pathlib import Path
 import torch
 
 from . import triton_util as tu
+from .checks import check_step_args
 
 _KERNELS = Path(__file__).with_name("triton_decode_kernels.py")
 
 
 def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    check_step_args(state, x, dt, A, B, C, D, z, dt_bias, backend="triton")
+    return state_update_triton_unchecked(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+def state_update_triton_unchecked(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """selective_state_update_triton without the argument check (for callers that have just made it)."""
     batch, dim, N = state.shape
     if B.dim() == 2:
         B, C = B[:, None], C[:, None]

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from . import triton_util as tu
+from .checks import check_scan_args
 
 _KERNELS = Path(__file__).with_name("triton_scan_kernels.py")
 
@@ -373,11 +374,20 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
                           config: ScanConfig | None = None):
     """Fused selective scan (see the module docstring). `long_sequence`: None = heuristic, True/False = force
     the segmented long-sequence path on or off. `config`: launch parameters (defaults tuned on an H200)."""
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias, backend="triton")
+    return scan_triton_unchecked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                                 long_sequence=long_sequence, config=config)
+
+
+def scan_triton_unchecked(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                          return_last_state=False, *, long_sequence: bool | None = None,
+                          config: ScanConfig | None = None):
+    """selective_scan_triton without the argument check (for callers that have just made it)."""
     if config is None:
         config = INTERPRETER_CONFIG if tu.interpreting() and u.device.type == "cpu" else DEFAULT_CONFIG
     if u.shape[-1] == 0:
-        from .reference import selective_scan_ref
-        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        from .reference import scan_ref_unchecked
+        return scan_ref_unchecked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if not torch.is_grad_enabled() or not any(
             x is not None and x.requires_grad for x in (u, delta, A, B, C, D, z, delta_bias)):
         # inference (e.g. a prefill): no autograd node, no checkpoints; the final state where it is asked for or

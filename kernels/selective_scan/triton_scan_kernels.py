@@ -231,7 +231,13 @@ def _bwd_channel_chunk(t, mt, offs_l, u_base, dl_base, z_base, go_base, du_base,
         if HAS_D:
             du += gy * Dv
             dD_part = tl.sum(gy * u, axis=0)
-        dA_part = tl.sum(w * dt[None, :], axis=1)
+        # dA leaves out the sequence's first step, whose term lam a_0 h_{-1} dt is exactly 0 (h_{-1} = 0) but
+        # which hs - x does not give as 0 on a GPU: compiled with FP fusion (Triton's default on CUDA) the
+        # subtraction becomes fma(-dtu, B, hs), the exact product taken from its own rounding hs = x, which
+        # leaves the product's rounding error (~6e-8 of x). At L = 1 that noise was all of dA, whose true value
+        # is 0 (issue 13). In d(delta) the same noise sits beside the O(1) term s u and is harmless. Cost: a
+        # select on the [BLOCK_L] vector, 4 per thread and block in the default launch.
+        dA_part = tl.sum(w * tl.where(t > 0, dt, 0.0)[None, :], axis=1)
         if SOFTPLUS:
             ddt = ddt * tl.sigmoid(draw)
         ddt = tl.where(mt, ddt, 0.0)

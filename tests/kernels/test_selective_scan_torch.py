@@ -125,8 +125,10 @@ def test_chunk_sizes_and_inner_scans(L, chunk_size, inner_scan):
 
 
 @pytest.mark.parametrize("B_layout,C_layout", [("varying", "fixed"), ("fixed", "groups2"),
-                                               ("groups2", "groups4"), ("groups4", "varying")])
+                                               ("groups4", "fixed"), ("groups4", "groups4")])
 def test_mixed_bc_layouts(B_layout, C_layout):
+    """A fixed B or C beside a time-varying one of any group count. (Two time-varying ones must agree on their
+    group count, [batch, N, L] counting as one: tests/kernels/test_scan_checks.py.)"""
     x = make_inputs(batch=2, dim=8, N=4, L=40, layout=B_layout, C_layout=C_layout, seed=3)
     ours, ref = run_both(x, chunk_size=16)
     assert_close(ours, ref, tol=TOL32)
