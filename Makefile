@@ -12,16 +12,17 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q "$(TORCH_SPEC)"; fi
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,launchers]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
 # The default experiment (conf/experiment/demo.yaml): every model family on selective copying, CPU-sized.
-# Writes results/demo/{rows/,rows.csv,summary.md,plots/} and prints the summary.
+# Writes outputs/demo/{rows/,rows.csv,summary.md,plots/} (git-ignored: the committed reference in results/demo
+# stays untouched) and prints the summary.
 demo: $(STAMP)
-	$(VENV)/bin/ssmbench -m experiment=demo resume=false
-	$(VENV)/bin/ssmbench-report results/demo
+	$(VENV)/bin/ssmbench -m experiment=demo resume=false results_root=outputs
+	$(VENV)/bin/ssmbench-report outputs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
