@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 log = logging.getLogger("ssmbench")
 
@@ -37,18 +37,24 @@ def rows_path(results_root: str | Path, study: str, rid: str) -> Path:
     return rows_dir(results_root, study) / f"{rid}.json"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write(path: Path, write: Callable[[IO], None], binary: bool = False) -> None:
+    """`write(file)` into a temp file beside `path`, fsync, then rename over `path`: readers see the old file or
+    the whole new one, never a part (a kill mid-write leaves at most a `.<name>.*.tmp`, which nothing reads)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text))
 
 
 def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
