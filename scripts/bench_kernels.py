@@ -37,12 +37,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import triton
-from triton.testing import do_bench
 
 from ssmbench.env import git_commit
 from ssmbench.kernels.selective_scan.example_inputs import paper_scan_inputs
 from ssmbench.kernels.selective_scan import triton_scan as ts
 from ssmbench.kernels.selective_scan.triton_scan import ScanConfig, selective_scan_triton
+from ssmbench.perf.timing import clear_grads, cuda_peak, do_bench_median
 
 DEV = "cuda"
 ROWS: list[dict] = []
@@ -62,7 +62,7 @@ def log(*a):
 
 
 def bench(fn, grad_to_none=None, rep=100):
-    return do_bench(fn, warmup=25, rep=rep, grad_to_none=grad_to_none, return_mode="median")
+    return do_bench_median(fn, grad_to_none, warmup_ms=25, rep_ms=rep)
 
 
 def row(**kw):
@@ -337,16 +337,14 @@ def memory():
     dout = torch.randn_like(inp["u"])
     f = triton_fn()
     f(**leaf).backward(dout)  # compile outside the measurement
-    for v in leaf.values():
-        if v is not None:
-            v.grad = None
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    y = f(**leaf)
-    y.backward(dout)
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated()
+    clear_grads(v for v in leaf.values() if v is not None)
+    out = {}
+
+    def fwdbwd():
+        out["y"] = f(**leaf)
+        out["y"].backward(dout)
+    peak, base = cuda_peak(fwdbwd, DEV)
+    y = out["y"]
     ins = sum(v.numel() * v.element_size() for v in leaf.values() if v is not None)
     outs = y.numel() * y.element_size() + dout.numel() * dout.element_size()
     grads = sum(v.grad.numel() * v.grad.element_size() for v in leaf.values() if v is not None)

@@ -36,7 +36,7 @@ run_stage() {  # run_stage NAME LIMIT_S COMMAND...
 }
 
 # The package must import as ssmbench.* (kernels/, models/, tasks/, conf/ are mapped into it by the install).
-importable() { $PY -c "import ssmbench.profile_cli, ssmbench.kernels.selective_scan, ssmbench.conf" >/dev/null 2>&1; }
+importable() { $PY -c "import ssmbench.perf.cli, ssmbench.kernels.selective_scan, ssmbench.conf" >/dev/null 2>&1; }
 if ! importable; then
   echo "== ssmbench is not installed for $PY: pip install --no-deps -e ."
   $PY -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/logs/install.log" 2>&1 || true
@@ -48,7 +48,7 @@ if ! importable; then  # no pip/setuptools that can do it: the same layout throu
   for f in ssmbench/*; do ln -s "$PWD/$f" "$SHIM/ssmbench/"; done
   for d in kernels models tasks conf; do ln -s "$PWD/$d" "$SHIM/ssmbench/$d"; done
   export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
-  importable || { echo "ssmbench still does not import:"; $PY -c "import ssmbench.profile_cli"; exit 1; }
+  importable || { echo "ssmbench still does not import:"; $PY -c "import ssmbench.perf.cli"; exit 1; }
 fi
 $PY - >"$OUT/logs/versions.txt" 2>&1 <<'PYEOF'
 import importlib, sys
@@ -75,11 +75,11 @@ STAGES=" ${STAGES:-kernels generation generators gpu_tests} "
 stage() {  # skip the stages not asked for
   case "$STAGES" in *" $1 "*|*" ${1#report_} "*) run_stage "$@" ;; *) echo "== $1: skipped (STAGES)" ;; esac
 }
-stage kernels 210 $PY -m ssmbench.profile_cli kernels profile="${PRESET:-kernels}" results_root="$OUT" study=kernels \
+stage kernels 210 $PY -m ssmbench.perf.cli kernels profile="${PRESET:-kernels}" results_root="$OUT" study=kernels \
   report=false hydra.run.dir="$OUT/logs/hydra/kernels"
-stage generation 330 $PY -m ssmbench.profile_cli generate generation="${PRESET:-h200}" results_root="$OUT" \
+stage generation 330 $PY -m ssmbench.perf.cli generate generation="${PRESET:-h200}" results_root="$OUT" \
   study=generation report=false hydra.run.dir="$OUT/logs/hydra/generation"
-stage generators 55 $PY -m ssmbench.profile_cli taskbench taskbench="${PRESET:-full}" results_root="$OUT" \
+stage generators 55 $PY -m ssmbench.perf.cli taskbench taskbench="${PRESET:-full}" results_root="$OUT" \
   study=generators report=false hydra.run.dir="$OUT/logs/hydra/generators"
 if $PY -c "import pytest_benchmark" >/dev/null 2>&1; then
   stage gpu_tests 50 $PY -m pytest -q -p no:cacheprovider -m gpu tests/ssmbench/test_profile.py tests/benchmarks \
@@ -89,7 +89,7 @@ else
 fi
 for s in kernels generation generators; do
   if [ -d "$OUT/$s/rows" ]; then
-    stage "report_$s" 40 $PY -m ssmbench.profile_cli report "$OUT/$s" --quiet ${OFFICIAL:+--official "$OFFICIAL"}
+    stage "report_$s" 40 $PY -m ssmbench.perf.cli report "$OUT/$s" --quiet ${OFFICIAL:+--official "$OFFICIAL"}
   fi
 done
 echo "== headlines"

@@ -16,8 +16,9 @@ from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile
 
 from ssmbench.env import environment
-from ssmbench.generation import GenerationConfig, build_model, make_decoder
 from ssmbench.models.lm import ModelConfig
+from ssmbench.perf.generation import GenerationConfig, build_model, make_decoder
+from ssmbench.perf.timing import cuda_event_ms
 
 
 def main():
@@ -37,16 +38,10 @@ def main():
         prompt = torch.randint(0, GenerationConfig.vocab_size, (args.batch, args.prompt), device=dev)
         with torch.inference_mode():
             dec.prefill(prompt)  # compile / warm up
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            dec.prefill(prompt)
-            end.record()
-            torch.cuda.synchronize()
+            ms = cuda_event_ms(lambda: dec.prefill(prompt), dev)
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 dec.prefill(prompt)
                 torch.cuda.synchronize()
-        ms = start.elapsed_time(end)
         rows = sorted(((e.key, e.count, getattr(e, "device_time_total", 0) or getattr(e, "cuda_time_total", 0))
                        for e in prof.key_averages()), key=lambda r: -r[2])
         total = sum(r[2] for r in rows)

@@ -24,9 +24,9 @@ from torch.profiler import ProfilerActivity, profile
 from ssmbench.env import environment
 from ssmbench.metrics import synchronize
 from ssmbench.models.lm import LanguageModel
+from ssmbench.perf.training import EXPERIMENTS, compose_config
 from ssmbench.run import prepare
 from ssmbench.step import TrainStep
-from ssmbench.trainbench import EXPERIMENTS, compose_config
 
 # Kernel/op name patterns -> the family of work they belong to (first match wins).
 FAMILIES = [

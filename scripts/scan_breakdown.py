@@ -33,13 +33,13 @@ from pathlib import Path
 import torch
 import triton
 import triton.language as tl
-from triton.testing import do_bench
 
 from ssmbench.env import git_commit
 from ssmbench.kernels.selective_scan.example_inputs import paper_scan_inputs
 from ssmbench.kernels.selective_scan import triton_scan as ts
 from ssmbench.kernels.selective_scan import triton_util as tu
 from ssmbench.kernels.selective_scan.triton_scan import ScanConfig, selective_scan_triton
+from ssmbench.perf.timing import do_bench_median, wall_ms
 
 DEV = "cuda"
 OUT: dict = {}
@@ -86,22 +86,12 @@ def fwdbwd_fn(inp, cfg=None):
 
 
 def gpu_ms(f, grads=None):
-    return do_bench(f, warmup=25, rep=100, grad_to_none=grads, return_mode="median")
+    return do_bench_median(f, grads, warmup_ms=25, rep_ms=100)
 
 
 def host_ms(f, grads=None, n=200):
     """Wall time per call with the calls queued back to back: the host's cost when it exceeds the GPU's."""
-    for _ in range(5):
-        f()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        if grads:
-            for g in grads:
-                g.grad = None
-        f()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n * 1e3
+    return wall_ms(f, DEV, warmup=5, repeats=1, calls=n, grad_to_none=grads)[0]
 
 
 # ------------------------------------------------------------------------------------------------ launch

@@ -12,10 +12,10 @@
     ssmbench-profile-report results/kernels   # tables and plots (each app also writes its report at the end)
 
 Rows go to <results_root>/<study>/rows/*.json (studies: kernels, generation, generators); Hydra's own logs to
-<results_root>/<study>/hydra/. Without the console scripts installed: `python -m ssmbench.profile_cli
-{kernels,generate,taskbench,report} [overrides...]`. Schemas: ssmbench/profile.py (ProfileConfig),
-ssmbench/generation.py (GenerationConfig), ssmbench/taskbench.py (TaskBenchConfig); a mistyped key or a wrong
-type fails before any work, naming the key.
+<results_root>/<study>/hydra/. Without the console scripts installed: `python -m ssmbench.perf.cli
+{kernels,generate,taskbench,report} [overrides...]`. Schemas: ssmbench/perf/kernels.py (ProfileConfig),
+ssmbench/perf/generation.py (GenerationConfig), ssmbench/perf/tasks.py (TaskBenchConfig); a mistyped key or a
+wrong type fails before any work, naming the key.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from .generation import GenerationConfig, GenerationConfigError, run_generation
-from .profile import ProfileConfig, ProfileConfigError, run_profile
-from .taskbench import TaskBenchConfig, run_taskbench
+from .kernels import ProfileConfig, ProfileConfigError, run_profile
+from .tasks import TaskBenchConfig, run_taskbench
 
 log = logging.getLogger("ssmbench.profile")
 
@@ -46,7 +46,7 @@ register_profile_configs()
 
 
 def _report(cfg, official: str | None = None) -> None:
-    from .profile_report import write_profile_report
+    from .report import write_profile_report
     folder = Path(cfg.results_root) / cfg.study
     try:
         write_profile_report(folder, official)
@@ -103,7 +103,7 @@ def taskbench_main() -> None:
 
 
 def report_main(argv: list[str] | None = None) -> None:
-    from .profile_report import main
+    from .report import main
     main(argv)
 
 
@@ -111,7 +111,7 @@ APPS = {"kernels": profile_main, "generate": generate_main, "taskbench": taskben
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in APPS:
-        print(f"usage: python -m ssmbench.profile_cli {{{','.join(APPS)}}} [overrides or arguments...]",
+        print(f"usage: python -m ssmbench.perf.cli {{{','.join(APPS)}}} [overrides or arguments...]",
               file=sys.stderr)
         sys.exit(2)
     app = sys.argv.pop(1)

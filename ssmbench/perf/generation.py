@@ -2,7 +2,7 @@
 random weights, a random prompt of `prompt_len` tokens, then `gen_len` tokens generated greedily, at growing
 batch sizes. Each row: tokens/s and peak memory for one (model, batch, mode).
 
-    rows = run_generation(GenerationConfig(...))      # what `ssmbench-generate` runs (ssmbench/profile_cli.py)
+    rows = run_generation(GenerationConfig(...))      # what `ssmbench-generate` runs (ssmbench/perf/cli.py)
 
 How each model generates:
   Mamba        prefill: every block's forward, keeping the last conv inputs and the scan's last state
@@ -39,18 +39,17 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
+from ssmbench.env import environment
+from ssmbench.metrics import is_out_of_memory, reset_peak_memory, synchronize
 from ssmbench.models.blocks import MambaBlock, TransformerBlock
 from ssmbench.models.layers.attention import Attention, Rotary
 from ssmbench.models.layers.base import ssm_parameter_names
 from ssmbench.models.lm import LanguageModel, ModelConfig
+from ssmbench.results import rows_path, run_id, write_rows
 
-from .env import environment
-from .metrics import is_out_of_memory
-from .results import rows_path, run_id, write_rows
+from .timing import DTYPES, Budget, allocator_peak, free_memory
 
 log = logging.getLogger("ssmbench.generation")
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def default_models() -> dict[str, ModelConfig]:
@@ -337,20 +336,15 @@ def make_decoder(model, batch, capacity, device, dtype) -> _Decoder:
 # ---------------------------------------------------------------------------------------------------------------
 # Generation and timing
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def greedy_generate(decoder: _Decoder, prompt: torch.Tensor, gen_len: int, cuda_graph: bool = False,
                     micro_batch: int | None = None) -> dict[str, Any]:
     """Prefill + (gen_len - 1) greedy steps. Returns tokens Long[batch, gen_len] and the timings."""
     dev = decoder.device
-    _sync(dev)
+    synchronize(dev)
     t0 = time.perf_counter()
     first = decoder.prefill(prompt, micro_batch).argmax(-1)
-    _sync(dev)
+    synchronize(dev)
     prefill_s = time.perf_counter() - t0
     out = decode(decoder, first, gen_len, cuda_graph)
     out["prefill_s"] = prefill_s
@@ -363,13 +357,13 @@ def decode(decoder: _Decoder, first: torch.Tensor, gen_len: int, cuda_graph: boo
     dev = decoder.device
     tokens = [first]
     if not cuda_graph:
-        _sync(dev)
+        synchronize(dev)
         t0 = time.perf_counter()
         nxt = first
         for _ in range(gen_len - 1):
             nxt = decoder.step(nxt).argmax(-1)
             tokens.append(nxt)
-        _sync(dev)
+        synchronize(dev)
         decode_s = time.perf_counter() - t0
         return {"tokens": torch.stack(tokens, 1), "decode_s": decode_s, "capture_s": math.nan}
     static = first.clone()
@@ -380,7 +374,7 @@ def decode(decoder: _Decoder, first: torch.Tensor, gen_len: int, cuda_graph: boo
         static.copy_(decoder.step_static(static).argmax(-1))
     torch.cuda.current_stream(dev).wait_stream(side)
     tokens.append(static.clone())
-    _sync(dev)
+    synchronize(dev)
     t0 = time.perf_counter()
     graph = torch.cuda.CUDAGraph()
     gc_was = gc.isenabled()
@@ -391,48 +385,25 @@ def decode(decoder: _Decoder, first: torch.Tensor, gen_len: int, cuda_graph: boo
     finally:
         if gc_was:
             gc.enable()
-    _sync(dev)
+    synchronize(dev)
     capture_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(gen_len - 2):
         graph.replay()
         tokens.append(static.clone())
-    _sync(dev)
+    synchronize(dev)
     per_step = (time.perf_counter() - t0) / (gen_len - 2)
     del graph
     return {"tokens": torch.stack(tokens, 1), "decode_s": per_step * (gen_len - 1), "capture_s": capture_s}
 
 
-class _Clock:
-    def __init__(self, budget_s):
-        self.t0, self.budget_s = time.perf_counter(), budget_s
-
-    def over(self):
-        return self.budget_s is not None and time.perf_counter() - self.t0 > self.budget_s
-
-
-def _free(device):
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def _peak(device) -> float:
-    return float(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else math.nan
-
-
-def _reset_peak(device):
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
 def run_generation(cfg: GenerationConfig) -> list[dict]:
     validate_generation(cfg)
-    from .profile import resolve_device
+    from .kernels import resolve_device
     device = resolve_device(cfg.device)
     dtype = DTYPES[cfg.dtype]
     env = environment(device)
-    clock = _Clock(cfg.budget_s)
+    clock = Budget(cfg.budget_s)
     capacity = cfg.prompt_len + cfg.gen_len
     modes = []
     for g in cfg.cuda_graphs:
@@ -462,7 +433,7 @@ def run_generation(cfg: GenerationConfig) -> list[dict]:
             log.warning("warm-up of %s failed: %s: %s", name, type(e).__name__, e)
         finally:
             dec = None
-            _free(device)
+            free_memory(device)
         log.info("%s: decoded tokens equal greedy argmax of forward(): %s", name,
                  info[name].get("decode_matches_forward"))
 
@@ -529,16 +500,16 @@ def _run_point(name, model, batch, modes, cfg, device, dtype, gen, clock, oom_at
     dec = snap = None
     done = set()
     try:
-        _reset_peak(device)
+        reset_peak_memory(device)
         dec = make_decoder(model, batch, cfg.prompt_len + cfg.gen_len, device, dtype)
         prompt = torch.randint(0, cfg.vocab_size, (batch, cfg.prompt_len), generator=gen, device=device)
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         with torch.no_grad():
             first = dec.prefill(prompt, cfg.prefill_batch).argmax(-1)
-        _sync(device)
+        synchronize(device)
         prefill_s = time.perf_counter() - t0
-        prefill_peak = _peak(device)
+        prefill_peak = allocator_peak(device)
         snap = dec.snapshot()
         eager_tokens = None
         for mode in modes:
@@ -551,9 +522,9 @@ def _run_point(name, model, batch, modes, cfg, device, dtype, gen, clock, oom_at
                 done.add(mode)
                 continue
             dec.restore(snap)
-            _reset_peak(device)
+            reset_peak_memory(device)
             out = decode(dec, first, cfg.gen_len, mode)
-            peak = max(prefill_peak, _peak(device))
+            peak = max(prefill_peak, allocator_peak(device))
             total = prefill_s + out["decode_s"]
             extra = {}
             if eager_tokens is not None and mode:
@@ -578,10 +549,10 @@ def _run_point(name, model, batch, modes, cfg, device, dtype, gen, clock, oom_at
         log.debug("generation %s batch %d failed", name, batch, exc_info=not oom)
         for mode in modes:
             if mode not in done:
-                row(mode, status="oom" if oom else "error", error=msg, peak_mem_bytes=_peak(device))
+                row(mode, status="oom" if oom else "error", error=msg, peak_mem_bytes=allocator_peak(device))
     finally:
         dec = snap = None
-        _free(device)
+        free_memory(device)
     return rows
 
 

@@ -1,6 +1,6 @@
 """Kernel profiling: every op through every backend that can run here, timed over a sweep of sequence lengths.
 
-    rows = run_profile(ProfileConfig(...))      # what `ssmbench-profile` runs (ssmbench/profile_cli.py)
+    rows = run_profile(ProfileConfig(...))      # what `ssmbench-profile` runs (ssmbench/perf/cli.py)
 
 Ops and their backends (the registry `OPS`; each op builds its inputs for a shape and returns callables):
   selective_scan  triton (fused), mamba_ssm (official CUDA kernel, when importable), torch (chunked scan),
@@ -13,10 +13,11 @@ Ops and their backends (the registry `OPS`; each op builds its inputs for a shap
 Shapes follow the Mamba paper's Figure 8 (left): u, delta, z [batch, dim, L]; B, C [batch, 1, N, L]; the same
 [batch, L, dim] activations for the convolutions and q, k, v [batch, dim/64, L, 64] for attention.
 
-Timing. On CUDA, `triton.testing.do_bench` (L2 flushed between calls, gradients reset): the median and the 20th
-and 80th percentiles of all its samples. Calls slower than `slow_ms` are timed with CUDA events over a few
-calls instead (do_bench would spend 5 calls just estimating). On the CPU, a perf_counter loop. "fwd" runs under
-no_grad; "fwdbwd" is forward then backward of a random output gradient into every floating input.
+Timing (ssmbench/perf/timing.py time_call). On CUDA, `triton.testing.do_bench` (L2 flushed between calls,
+gradients reset): the median and the 20th and 80th percentiles of all its samples. Calls slower than `slow_ms`
+are timed with CUDA events over a few calls instead (do_bench would spend 5 calls just estimating). On the CPU,
+a perf_counter loop. "fwd" runs under no_grad; "fwdbwd" is forward then backward of a random output gradient
+into every floating input.
 
 Bandwidth. Each op says how many bytes it cannot avoid moving (`bytes_fwd` / `bytes_fwdbwd`: every input read
 once and every output written once; the backward reads the inputs and the output gradient again and writes one
@@ -34,11 +35,9 @@ reason; a point beyond its backend's length limit, predicted (from the previous 
 from __future__ import annotations
 
 import dataclasses
-import gc
 import importlib
 import logging
 import math
-import statistics
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -47,18 +46,19 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .env import environment
-from .metrics import is_out_of_memory, peak_memory_bytes
-from .results import read_rows, rows_path, run_id, write_rows
+from ssmbench.env import environment
+from ssmbench.metrics import is_out_of_memory
+from ssmbench.results import read_rows, rows_path, run_id, write_rows
+
+from .timing import DTYPES, Budget, free_memory, peak_memory, time_call
 
 log = logging.getLogger("ssmbench.profile")
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 PASSES = ("fwd", "fwdbwd")
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Config (the Hydra schema; registered in the ConfigStore by profile_cli)
+# Config (the Hydra schema; registered in the ConfigStore by perf/cli.py)
 
 @dataclass
 class ShapeConfig:
@@ -98,7 +98,7 @@ class ProfileConfig:
     seed: int = 0
     resume: bool = False  # keep the rows already measured (status ok/oom/unavailable) and measure the rest
     report: bool = True  # write the report (tables, plots) into the study folder afterwards
-    official_csv: Optional[str] = None  # published/official timings to join in the report (see profile_report)
+    official_csv: Optional[str] = None  # published/official timings to join in the report (see perf/report.py)
 
 
 class ProfileConfigError(ValueError):
@@ -136,101 +136,7 @@ def validate_profile(cfg: ProfileConfig) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Timing
-
-@dataclass
-class Timing:
-    median_ms: float
-    p20_ms: float
-    p80_ms: float
-    min_ms: float
-    samples: int
-    timer: str  # do_bench | cuda_events | perf_counter
-
-
-def _summary(times_ms: list[float], timer: str) -> Timing:
-    ts = sorted(times_ms)
-    q = (lambda p: ts[0] if len(ts) == 1 else statistics.quantiles(ts, n=100, method="inclusive")[p - 1])
-    return Timing(statistics.median(ts), q(20), q(80), ts[0], len(ts), timer)
-
-
-def _clear_grads(tensors):
-    for t in tensors or ():
-        t.grad = None
-
-
-def _do_bench_all(fn, warmup_ms, rep_ms, grad_to_none) -> list[float]:
-    """Every sample of triton.testing.do_bench (return_mode="all"; older versions: the quantiles)."""
-    from triton.testing import do_bench
-    try:
-        times = do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=grad_to_none, return_mode="all")
-        if hasattr(times, "tolist"):
-            times = times.tolist()
-        if isinstance(times, (list, tuple)) and times:
-            return [float(t) for t in times]
-    except (AssertionError, ValueError, TypeError):
-        pass
-    qs = do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=grad_to_none, quantiles=[0.0, 0.2, 0.5, 0.8])
-    return [float(t) for t in qs]
-
-
-def time_call(fn: Callable[[], Any], device: torch.device, *, warmup_ms: float = 25.0, rep_ms: float = 100.0,
-              grad_to_none: list[torch.Tensor] | None = None, slow_ms: float = 50.0, slow_samples: int = 3,
-              max_samples: int = 1000) -> Timing:
-    """Median and spread of fn()'s time in ms. The first call (compilation, autotuning, allocator warm-up) is
-    never timed. CUDA: do_bench, or CUDA events around a few calls when one call takes more than slow_ms."""
-    _clear_grads(grad_to_none)
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        _clear_grads(grad_to_none)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize(device)
-        est = start.elapsed_time(end)
-        if est < slow_ms:
-            return _summary(_do_bench_all(fn, warmup_ms, rep_ms, grad_to_none), "do_bench")
-        times = [est]
-        n = max(slow_samples, min(10, int(rep_ms // max(est, 1e-3))))
-        for _ in range(n - 1):
-            _clear_grads(grad_to_none)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
-            times.append(start.elapsed_time(end))
-        return _summary(times, "cuda_events")
-    times = []
-    budget_end = time.perf_counter() + rep_ms / 1e3
-    while True:
-        _clear_grads(grad_to_none)
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-        enough = len(times) >= (slow_samples if times[0] >= slow_ms else 3)
-        if len(times) >= max_samples or (enough and time.perf_counter() >= budget_end):
-            break
-    return _summary(times, "perf_counter")
-
-
-def peak_memory(fn: Callable[[], Any], device: torch.device,
-                grad_to_none: list[torch.Tensor] | None = None) -> tuple[int, float]:
-    """(peak bytes during one call, peak above what was allocated before it). CUDA: the allocator's counters.
-    CPU: the process's peak RSS (a running maximum) and NaN."""
-    _clear_grads(grad_to_none)
-    if device.type != "cuda":
-        fn()
-        return peak_memory_bytes(device), math.nan
-    torch.cuda.synchronize(device)
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device)
-    return int(peak), float(peak - base)
-
+# Copy bandwidth (time_call, peak_memory: ssmbench.perf.timing)
 
 def copy_bandwidth_gbps(device: torch.device, nbytes: int, warmup_ms: float = 25.0, rep_ms: float = 100.0) -> float:
     """Bytes read + written per second (GB/s) by a device-to-device copy of `nbytes`: the ceiling the
@@ -494,12 +400,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def _short_error(e: BaseException) -> str:
     msg = str(e).strip().splitlines()
     return f"{type(e).__name__}: {msg[0] if msg else ''}"[:500]
@@ -531,17 +431,6 @@ def series_of(cfg: ProfileConfig) -> list[Series]:
     return [Series(op, b, shape, dt) for shape in cfg.shapes for dt in cfg.dtypes for op, b in order]
 
 
-class _Clock:
-    def __init__(self, budget_s: float | None):
-        self.t0, self.budget_s = time.perf_counter(), budget_s
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def over(self) -> bool:
-        return self.budget_s is not None and self.elapsed() > self.budget_s
-
-
 def run_profile(cfg: ProfileConfig) -> list[dict]:
     """Measure every series of `cfg`, writing each series' rows (atomically) as it goes; returns all rows."""
     validate_profile(cfg)
@@ -550,14 +439,14 @@ def run_profile(cfg: ProfileConfig) -> list[dict]:
         import os
         os.environ["TRITON_INTERPRET"] = "1"
     env = environment(device)
-    clock = _Clock(cfg.budget_s)
+    clock = Budget(cfg.budget_s)
     nbytes = cfg.copy_bytes if device.type == "cuda" else max(1, cfg.copy_bytes // 16)
     copy_gbps = copy_bandwidth_gbps(device, nbytes, cfg.warmup_ms, cfg.rep_ms)
     log.info("device %s; copy bandwidth %.1f GB/s", env["device"], copy_gbps)
     all_rows = []
     for series in series_of(cfg):
         all_rows += _run_series(series, cfg, device, env, copy_gbps, clock)
-        _free(device)
+        free_memory(device)
     log.info("profile done in %.1f s: %d rows", clock.elapsed(), len(all_rows))
     return all_rows
 
@@ -565,7 +454,7 @@ def run_profile(cfg: ProfileConfig) -> list[dict]:
 DONE_STATUSES = ("ok", "oom", "unavailable")
 
 
-def _run_series(series: Series, cfg: ProfileConfig, device, env, copy_gbps, clock: _Clock) -> list[dict]:
+def _run_series(series: Series, cfg: ProfileConfig, device, env, copy_gbps, clock: Budget) -> list[dict]:
     spec = OPS[series.op]
     rid = run_id(series.identity(device, cfg))
     path = rows_path(cfg.results_root, cfg.study, rid)
@@ -671,4 +560,4 @@ def _measure(series: Series, shape: Shape, pas: str, cfg: ProfileConfig, device,
                 "wall_s": time.perf_counter() - t_start}
     finally:
         del case
-        _free(device)
+        free_memory(device)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .results import load_all
+from ssmbench.results import load_all
 
 FUSED = "selective_scan:triton"
 

@@ -3,7 +3,7 @@ model it trains, the time to generate one training batch against the time of one
 experiment's own device, precision and sizes. The claim checked: generating costs well under `threshold` (5%)
 of a step at every configuration.
 
-    rows = run_taskbench(TaskBenchConfig(...))        # what `ssmbench-taskbench` runs (ssmbench/profile_cli.py)
+    rows = run_taskbench(TaskBenchConfig(...))        # what `ssmbench-taskbench` runs (ssmbench/perf/cli.py)
 
 The config of each point is composed exactly as `ssmbench experiment=<name> model=<model>` would compose it
 (plus the overrides given here), and validated by the same code (ssmbench.run.prepare). The training step is the
@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
-from .env import environment
-from .results import rows_path, run_id, write_rows
+from ssmbench.env import environment
+from ssmbench.results import rows_path, run_id, write_rows
+
+from .timing import Budget, summarize, wall_ms
 
 log = logging.getLogger("ssmbench.taskbench")
 
@@ -69,7 +70,7 @@ def compose_run_config(overrides: list[str]):
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    from .config import register_configs
+    from ssmbench.config import register_configs
     register_configs()
     if GlobalHydra.instance().is_initialized():
         return compose(config_name="config", overrides=overrides)
@@ -78,28 +79,17 @@ def compose_run_config(overrides: list[str]):
 
 
 def _median_ms(fn, device, warmup, repeats) -> tuple[float, float, float]:
-    from .metrics import synchronize
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    ts = sorted(times)
-    q = (lambda p: ts[0] if len(ts) == 1 else statistics.quantiles(ts, n=100, method="inclusive")[p - 1])
-    return statistics.median(ts), q(20), q(80)
+    t = summarize(wall_ms(fn, device, warmup=warmup, repeats=repeats))
+    return t.median_ms, t.p20_ms, t.p80_ms
 
 
 def measure_point(overrides: list[str], warmup: int, repeats: int) -> dict:
     """Generator and training-step time for one composed config; the row fields."""
     from ssmbench.models.lm import LanguageModel
 
-    from .evaluate import autocast_factory
-    from .metrics import loss_and_accuracy
-    from .run import prepare
+    from ssmbench.evaluate import autocast_factory
+    from ssmbench.metrics import loss_and_accuracy
+    from ssmbench.run import prepare
 
     cfg = compose_run_config(overrides)
     p = prepare(cfg)
@@ -137,8 +127,8 @@ def measure_point(overrides: list[str], warmup: int, repeats: int) -> dict:
 
 
 def run_taskbench(cfg: TaskBenchConfig) -> list[dict]:
-    from .metrics import free_cached_memory, is_out_of_memory
-    t0 = time.perf_counter()
+    from ssmbench.metrics import free_cached_memory, is_out_of_memory
+    clock = Budget(cfg.budget_s)
     all_rows = []
     for exp, spec in cfg.experiments.items():
         for model in spec.models or [None]:
@@ -149,7 +139,7 @@ def run_taskbench(cfg: TaskBenchConfig) -> list[dict]:
             row = {"kind": "taskgen", "study": cfg.study, "run_id": rid, "experiment": exp, "model": model or "",
                    "overrides": " ".join(over), "threshold": cfg.threshold, "status": "ok", "error": "",
                    "timestamp": time.strftime("%Y-%m-%d %H:%M:%S")}
-            if cfg.budget_s is not None and time.perf_counter() - t0 > cfg.budget_s:
+            if clock.over():
                 row.update(status="skipped", error=f"time budget of {cfg.budget_s} s spent", gen_fraction=math.nan)
             else:
                 try:

@@ -17,19 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
 
+from ssmbench.config import register_configs
+from ssmbench.env import environment
+from ssmbench.metrics import peak_memory_bytes, reset_peak_memory
 from ssmbench.models.lm import LanguageModel
+from ssmbench.run import prepare
+from ssmbench.step import TrainStep
 
-from .config import register_configs
-from .env import environment
-from .metrics import peak_memory_bytes, reset_peak_memory, synchronize
-from .run import prepare
-from .step import TrainStep
+from .timing import wall_ms
 
 ATTENTION = ["model.d_model=128", "model.layer.n_heads=8"]
 # The paper's experiments and the models each one trains (Hydra overrides).
@@ -61,23 +61,15 @@ def bench_one(overrides: list[str], mode: str, steps: int, warmup: int, repeats:
     gen = torch.Generator(device=p.device).manual_seed(0)
     bs = p.trainer.batch_size
     reset_peak_memory(p.device)
-    for _ in range(warmup):
-        step(p.task.sample(bs, None, gen))
-    times = []
-    for _ in range(repeats):
-        synchronize(p.device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step(p.task.sample(bs, None, gen))
-        synchronize(p.device)
-        times.append((time.perf_counter() - t0) / steps)
-    ms = 1e3 * statistics.median(times)
+    blocks_ms = wall_ms(lambda: step(p.task.sample(bs, None, gen)), p.device, warmup=warmup, repeats=repeats,
+                        calls=steps)
+    ms = statistics.median(blocks_ms)
     last = step.meters.read()
     return {"ms_per_step": ms, "tokens_per_s": bs * p.task.seq_len / (ms / 1e3), "step_mode": step.mode,
             "step_mode_reason": step.reason, "batch_size": bs, "seq_len": p.task.seq_len,
             "params": model.num_parameters(), "peak_mem_bytes": peak_memory_bytes(p.device),
             "precision": p.precision, "finite_loss": last["last_loss"] == last["last_loss"],
-            "ms_per_step_blocks": [1e3 * t for t in times]}
+            "ms_per_step_blocks": blocks_ms}
 
 
 def run(args) -> list[dict]:

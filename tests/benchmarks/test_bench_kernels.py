@@ -1,4 +1,4 @@
-"""Kernel benchmarks: the profiler's ops (ssmbench.profile.OPS) at fixed shapes. CPU sizes run everywhere;
+"""Kernel benchmarks: the profiler's ops (ssmbench.perf.kernels.OPS) at fixed shapes. CPU sizes run everywhere;
 the GPU sizes (the Mamba paper's Figure 8 setting, batch 1, dim 1024, N 16, bf16) are marked gpu."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssmbench import profile as prof
+from ssmbench.perf import kernels as prof
+from ssmbench.perf.timing import clear_grads
 
 from .conftest import synced
 
@@ -22,7 +23,7 @@ def run(benchmark, case, pas, device):
         fn = case.fwd
     else:
         def fn():
-            prof._clear_grads(case.grads)
+            clear_grads(case.grads)
             case.fwdbwd()
     fn()  # compile / warm up outside the measurement
     benchmark(synced(fn, device))

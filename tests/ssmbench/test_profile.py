@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from ssmbench import profile as prof
-from ssmbench.generation import GenerationConfig, build_model, greedy_generate, make_decoder, run_generation
 from ssmbench.models.lm import ModelConfig
-from ssmbench.profile import OpSpec, ProfileConfig, ShapeConfig, run_profile
-from ssmbench.profile_report import speedup_table, write_profile_report
+from ssmbench.perf import kernels as prof
+from ssmbench.perf.generation import GenerationConfig, build_model, greedy_generate, make_decoder, run_generation
+from ssmbench.perf.kernels import OpSpec, ProfileConfig, ShapeConfig, run_profile
+from ssmbench.perf.report import speedup_table, write_profile_report
 from ssmbench.results import load_all, write_rows
 
 KERNEL_COLUMNS = {"kind", "op", "backend", "impl", "pass", "batch", "dim", "seq_len", "d_state", "dtype", "status",
@@ -193,7 +193,7 @@ def test_decoder_tokens_equal_greedy_forward(name, micro_batch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["mamba", "transformer"])
 def test_cuda_decoders_eager_and_graphed_equal_greedy_forward(name, monkeypatch):
-    from ssmbench.generation import decode
+    from ssmbench.perf.generation import decode
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the forward's conv1d: exact fp32
     dev = torch.device("cuda")
     cfg = tiny_models()[name]
@@ -233,7 +233,7 @@ def test_generation_rows_on_cpu(tmp_path):
 
 
 def test_generation_oom_is_a_row_and_stops_that_model(tmp_path, monkeypatch):
-    import ssmbench.generation as generation
+    import ssmbench.perf.generation as generation
     real = generation.make_decoder
 
     def fake(model, batch, capacity, device, dtype):
@@ -257,7 +257,7 @@ def test_generation_oom_is_a_row_and_stops_that_model(tmp_path, monkeypatch):
 # -- the generator benchmark -------------------------------------------------------------------------------------
 
 def test_taskbench_point_measures_generator_and_step(tmp_path):
-    from ssmbench.taskbench import ExperimentBench, TaskBenchConfig, run_taskbench
+    from ssmbench.perf.tasks import ExperimentBench, TaskBenchConfig, run_taskbench
     cfg = TaskBenchConfig(results_root=str(tmp_path), study="t", device="cpu", warmup=1, repeats=2, report=False,
                           experiments={"demo": ExperimentBench(models=["mamba"])},
                           overrides=["task.seq_len=32", "task.n_data=4", "trainer.batch_size=4", "model.d_model=16",
@@ -274,7 +274,7 @@ def test_taskbench_point_measures_generator_and_step(tmp_path):
 
 def _app(args, tmp_path, timeout=240):
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "ssmbench.profile_cli", *args], cwd=tmp_path, env=env,
+    return subprocess.run([sys.executable, "-m", "ssmbench.perf.cli", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
