@@ -23,10 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from ssmbench.env import environment
 from ssmbench.metrics import synchronize
-from ssmbench.models.lm import LanguageModel
-from ssmbench.perf.training import EXPERIMENTS, compose_config
-from ssmbench.run import prepare
-from ssmbench.step import TrainStep
+from ssmbench.perf.training import EXPERIMENTS, build_step
 
 # Kernel/op name patterns -> the family of work they belong to (first match wins).
 FAMILIES = [
@@ -53,21 +50,15 @@ def family(name: str) -> str:
 
 
 def profile_step(overrides: list[str], mode: str, warmup: int, steps: int, trace: Path | None):
-    cfg = compose_config([*overrides, f"trainer.step_mode={mode}", "trainer.progress=false"])
-    p = prepare(cfg)
-    torch.manual_seed(0)
-    model = LanguageModel(p.model_cfg, p.task.vocab_size).to(p.device)
-    step = TrainStep(model, p.task, p.trainer, p.device, p.precision, mode)
-    gen = torch.Generator(device=p.device).manual_seed(0)
-    bs = p.trainer.batch_size
+    p, _, step, next_batch = build_step(overrides, mode)
     for _ in range(warmup):
-        step(p.task.sample(bs, None, gen))
+        step(next_batch())
     synchronize(p.device)
     cuda = p.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities) as prof:
         for _ in range(steps):
-            step(p.task.sample(bs, None, gen))
+            step(next_batch())
         synchronize(p.device)
     if trace is not None:
         prof.export_chrome_trace(str(trace))

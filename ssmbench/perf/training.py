@@ -52,16 +52,22 @@ def compose_config(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
-def bench_one(overrides: list[str], mode: str, steps: int, warmup: int, repeats: int) -> dict:
+def build_step(overrides: list[str], mode: str):
+    """The training loop's step for one experiment's model, seeded: (prepared run, model, step, next_batch)."""
     cfg = compose_config([*overrides, f"trainer.step_mode={mode}", "trainer.progress=false"])
     p = prepare(cfg)
     torch.manual_seed(0)
     model = LanguageModel(p.model_cfg, p.task.vocab_size).to(p.device)
     step = TrainStep(model, p.task, p.trainer, p.device, p.precision, mode)
     gen = torch.Generator(device=p.device).manual_seed(0)
+    return p, model, step, lambda: p.task.sample(p.trainer.batch_size, None, gen)
+
+
+def bench_one(overrides: list[str], mode: str, steps: int, warmup: int, repeats: int) -> dict:
+    p, model, step, next_batch = build_step(overrides, mode)
     bs = p.trainer.batch_size
     reset_peak_memory(p.device)
-    blocks_ms = wall_ms(lambda: step(p.task.sample(bs, None, gen)), p.device, warmup=warmup, repeats=repeats,
+    blocks_ms = wall_ms(lambda: step(next_batch()), p.device, warmup=warmup, repeats=repeats,
                         calls=steps)
     ms = statistics.median(blocks_ms)
     last = step.meters.read()
