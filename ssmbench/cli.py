@@ -14,6 +14,7 @@ import sys
 import time
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -28,6 +29,17 @@ log = logging.getLogger("ssmbench")
 register_configs()
 
 
+def _visible_gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+# Sizes of the launcher presets (conf/hydra/launcher/local_gpus.yaml, ray.yaml), from SSMBENCH_JOBS_PER_GPU:
+# `${ssmbench.gpu_jobs:J}` = visible GPUs (at least 1) x J concurrent jobs; `${ssmbench.gpu_share:J}` = the share of a
+# GPU one job asks for (1/J; 0 without a GPU).
+OmegaConf.register_new_resolver("ssmbench.gpu_jobs", lambda j: max(1, _visible_gpus()) * int(j), replace=True)
+OmegaConf.register_new_resolver("ssmbench.gpu_share", lambda j: 1.0 / int(j) if _visible_gpus() else 0, replace=True)
+
+
 def _in_sweep() -> bool:
     try:
         return HydraConfig.get().mode == RunMode.MULTIRUN
@@ -35,8 +47,20 @@ def _in_sweep() -> bool:
         return False
 
 
+def pinned_gpu(device: str) -> int | None:
+    """The GPU a job of a multirun sweep is pinned to: with `device=auto` on a host where CUDA sees several GPUs,
+    Hydra job number k runs on cuda:(k mod GPUs), so the jobs that a launcher runs side by side
+    (hydra/launcher=local_gpus) spread over the host's GPUs. None when nothing is pinned (one GPU or none, an
+    explicit device, a single run, or a scheduler that already gave the job one GPU)."""
+    if device != "auto" or not _in_sweep():
+        return None
+    n = _visible_gpus()
+    return HydraConfig.get().job.num % n if n > 1 else None
+
+
 def run_one(cfg: DictConfig) -> list[dict] | None:
     """Run one config, honouring resume; returns its rows (None when skipped)."""
+    gpu = pinned_gpu(cfg.device)
     try:
         p = prepare(cfg)
     except RunConfigError as e:
@@ -51,6 +75,10 @@ def run_one(cfg: DictConfig) -> list[dict] | None:
             OUTCOMES.append(("invalid", f"{cfg.model.get('name')} on {cfg.task.get('name')}", str(e)))
             return None
         raise
+    if gpu is not None:
+        # After prepare, so the identity (and run id) keeps device.type alone: a run is the same run on any GPU.
+        p.device = torch.device("cuda", gpu)
+        torch.cuda.set_device(gpu)  # Triton launches and CUDA graphs use the current device
     rid = run_id(p.identity)
     path = rows_path(cfg.results_root, cfg.study, rid)
     folder = run_dir(cfg.results_root, cfg.study, rid)
@@ -66,6 +94,8 @@ def run_one(cfg: DictConfig) -> list[dict] | None:
                             "train_len": p.task.seq_len, "steps": p.trainer.steps,
                             "config": OmegaConf.to_yaml(cfg, resolve=True)})
     rows = execute(p, rid, cfg.study, run_folder=folder, save_trained_model=cfg.save_model)
+    if gpu is not None:
+        rows = [{**r, "gpu": gpu} for r in rows]
     if rows and rows[0]["status"] == "paused":
         log.info("run %s (%s) paused at step %d of %d (trainer.max_time_s=%s spent, or SIGTERM); checkpoint at %s: "
                  "run the same command again to continue", rid, label, rows[0]["steps"], p.trainer.steps,

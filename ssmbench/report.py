@@ -201,9 +201,18 @@ def write_report(folder: str | Path) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="ssmbench-report", description=__doc__.splitlines()[0])
-    ap.add_argument("folder", help="a results folder, e.g. results/demo (holding rows/*.json)")
+    ap.add_argument("folders", nargs="+", metavar="folder",
+                    help="a results folder, e.g. results/demo (holding rows/*.json); several (one per host) are merged "
+                         "(ssmbench/merge.py): duplicates dropped, conflicting rows listed in summary.md")
+    ap.add_argument("--out", metavar="DIR", help="with several folders: where the merged rows and the report go "
+                                                 "(default: the first folder)")
     ap.add_argument("--quiet", action="store_true", help="write the files without printing the summary")
     args = ap.parse_args(argv)
-    text = write_report(args.folder)
+    if len(args.folders) == 1 and (args.out is None or Path(args.out).resolve() == Path(args.folders[0]).resolve()):
+        text = write_report(args.folders[0])
+    else:
+        from .merge import write_merged_report
+
+        text = write_merged_report(args.folders, args.out)
     if not args.quiet:
         print(text)

@@ -90,23 +90,34 @@ class TrainResult:
 
 
 class _StopRequest:
-    """SIGTERM (what SLURM and most schedulers send before killing a job) asks the loop to checkpoint and pause.
-    Installed only in the main thread, where Python allows signal handlers."""
+    """SIGTERM (what SLURM and most schedulers send before killing a job) and SIGUSR2 (what submitit has SLURM send
+    before a job's time limit, and on preemption where the cluster signals it) ask the loop to checkpoint and
+    pause. Installed only in the main thread, where Python allows signal handlers."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
 
     def __init__(self):
-        self.requested, self._previous = False, None
+        self.requested, self.signum, self._previous = False, None, {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.requested, self.signum = True, signum
+
+    def forward(self) -> None:
+        """Hand the signal to whoever listened before us (submitit requeues the job on SIGUSR2), once our
+        checkpoint is written: the requeued job then continues from it."""
+        previous = self._previous.get(self.signum)
+        if self.signum is not None and callable(previous):
+            previous(self.signum, None)
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, previous in self._previous.items():
+            if previous is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(sig, previous)
         return False
 
 
@@ -233,4 +244,6 @@ def train(model, task, cfg: TrainerConfig, device: torch.device, precision: str,
         # Also when training is over: a call killed during the evaluation that follows then resumes there.
         _checkpoint(run_folder, run_id, done, model, step, generator, res, device,
                     "paused" if res.status == "paused" else "evaluating")
+    if res.status == "paused":
+        stop.forward()
     return res
