@@ -181,7 +181,8 @@ def merge_sections(merged: Merged, out: Path, written: int) -> str:
     return "\n".join(lines)
 
 
-def write_merged_report(folders: Sequence[str | Path], out: str | Path | None = None) -> str:
+def write_merged_report(folders: Sequence[str | Path], out: str | Path | None = None, by: tuple[str, ...] = (),
+                        best_over: str | None = None) -> str:
     """Merge the rows of `folders` into `out` (default: the first folder), write the report there
     (report.write_report) with the merge's sections, and return summary.md's text."""
     from .report import write_report
@@ -191,7 +192,7 @@ def write_merged_report(folders: Sequence[str | Path], out: str | Path | None = 
     out = Path(out) if out is not None else Path(folders[0])
     merged = merge_rows([out, *folders])  # the output folder's own rows first: never replaced
     written = write_merged_rows(merged, out)
-    text = write_report(out)
+    text = write_report(out, by, best_over)
     sections = merge_sections(merged, out, len(written))
     at = text.find("\n## ")
     text = text + "\n" + sections if at < 0 else text[:at + 1] + sections + "\n" + text[at + 1:]

@@ -1,15 +1,19 @@
 """Turn a results folder into tables (CSV + markdown) and plots (seaborn).
 
     ssmbench-report results/demo            # writes results/demo/{rows.csv, summary.md, plots/*.png}
+    ssmbench-report results/demo --by d_model --best-over lr   # d_model named in every label; best lr per model
 
-Tables: accuracy by model and evaluation length (mean over seeds, with the seed count), then training and
+Tables: accuracy by model and evaluation length (mean ± std over seeds, with their count n; accuracy.csv holds the
+same in long format, one line per label and length: mean_pct, std_pct, n, runs, cell), then training and
 evaluation throughput, parameters and peak memory per model; when the rows hold selective copying or induction
 heads, paper_comparison.md puts them beside the Mamba paper's Table 1 / Table 11. Plots: accuracy against
 length (log2 axis when the lengths span more than one octave), learning curves, induction extrapolation,
 training throughput, peak memory; one colour per model in all of them (plots.MODEL_COLOURS).
 
 Rows are grouped by variant label (grouping.variant_labels): the model name, plus any configuration key other
-than the seed that varies among that model's rows, so no table or plot averages over such a key.
+than the seed that varies among that model's rows, so no table or plot averages over such a key. `--by KEY` names
+KEY in every label even where it does not vary; `--best-over KEY` keeps, per label, the KEY value that scores best at
+the training length (grouping.choose_best) and lists the choices in summary.md.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .grouping import score, variant_labels
+from .grouping import MissingKey, choose_best, config_frame, key_values, score_spread, seed_stats, variant_labels
 from .paper import write_comparison
 from .plots import induction_extrapolation, learning_curves, line_styles, save_figure
 from .progress_report import write_in_progress
@@ -29,9 +33,10 @@ from .results import load_all
 STATUS_ORDER = ("ok", "nan", "oom", "error")
 
 
-def load_frame(folder: str | Path) -> pd.DataFrame:
-    """The rows under `folder` as a frame; `df.attrs["unreadable"]` lists (file name, reason) of the row files that
-    could not be read (truncated, corrupt, not rows), which the summary names instead of crashing on them."""
+def load_frame(folder: str | Path, by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The rows under `folder` as a frame, labelled (grouping.variant_labels, naming the keys of `by` in every label;
+    MissingKey when no row has one); `df.attrs["unreadable"]` lists (file name, reason) of the row files that could
+    not be read (truncated, corrupt, not rows), which the summary names instead of crashing on them."""
     rows = load_all(folder)
     if not rows:
         bad = "".join(f"\n  {name}: {reason}" for name, reason in rows.unreadable)
@@ -43,19 +48,42 @@ def load_frame(folder: str | Path) -> pd.DataFrame:
                 "eval_len"):
         if col not in df:
             df[col] = math.nan
-    df["label"] = variant_labels(df)
+    df["label"] = variant_labels(df, always=by)
     return df
 
 
-def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows: model (variant label); columns: eval length; cells: accuracy (%) averaged over seeds with status ok.
-    A cell with no ok run shows the failure status (oom, nan, error); '*' marks a mean over fewer runs than were
-    launched."""
+def keep_best(df: pd.DataFrame, key: str, by: tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows of the best `key` value per label (grouping.choose_best), labelled again: a label names `key` only
+    where the values chosen for one model differ. Also the table of choices."""
+    kept, choices = choose_best(df, key, always=by)
+    return kept.assign(label=variant_labels(kept, always=by)), choices
+
+
+def accuracy_long(df: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One line per (variant label, eval length): label, model, the `by` keys, eval_len, mean_pct and std_pct
+    (accuracy % over the ok runs, std NaN for one), n (ok runs), runs (all runs), cell (as in the table)."""
     df = df[df["eval_len"].notna()]
-    out = {}
+    config = config_frame(df) if by else None  # parsing every run's yaml only when a key is asked for
+    named = pd.DataFrame({k: key_values(df, k, config) for k in by}, index=df.index)
+    lines = []
     for (label, L), g in df.groupby(["label", "eval_len"], sort=True):
-        out.setdefault(label, {})[int(L)] = score(g)
-    table = pd.DataFrame(out).T
+        lines.append({"label": label, "model": g["model"].iloc[0], **named.loc[g.index].iloc[0].to_dict(),
+                      "eval_len": int(L), **seed_stats(g), "cell": score_spread(g)})
+    return pd.DataFrame(lines)
+
+
+def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows: model (variant label); columns: eval length; cells: accuracy (%) mean ± std over the seeds with status
+    ok and their count, `87.9 ± 4.1 (n=3)`. A cell with no ok run shows the failure status (oom, nan, error); '*'
+    marks a mean over fewer runs than were launched."""
+    return cells_by_length(accuracy_long(df))
+
+
+def cells_by_length(long: pd.DataFrame) -> pd.DataFrame:
+    """accuracy_long's cells, one row per label and one column per eval length."""
+    if long.empty:
+        return pd.DataFrame()
+    table = long.pivot(index="label", columns="eval_len", values="cell")
     table = table[sorted(table.columns)].fillna("-")  # "-": not evaluated at that length (a "nan" cell is a status)
     table.columns = [f"L={c}" for c in table.columns]
     table.index.name = "model"
@@ -153,31 +181,55 @@ def plot(df: pd.DataFrame, out: Path) -> list[Path]:
     return paths
 
 
-def write_report(folder: str | Path) -> str:
+ACCURACY_NOTE = ("Cells: mean ± sample standard deviation of the accuracy over seeds, runs with status ok only, and "
+                 "n, their number (one seed: no ±). '*': some runs at that length did not finish (see below), so n is "
+                 "fewer than were launched; a status (oom, nan, error) where none finished; '-': not evaluated.")
+
+
+def best_section(key: str, choices: pd.DataFrame) -> list[str]:
+    """summary.md's lines on --best-over: which value of `key` each label kept, and why."""
+    return [f"## Best {key} per model", "",
+            f"For each model (label without {key}) the value of {key} with the highest mean accuracy (runs with status "
+            f"ok) at the training length (eval_len = train_len) is kept, as the paper reports its best learning rate; "
+            f"the tables, plots and paper comparison below hold only its rows (rows.csv keeps every row). 'none': "
+            f"no value had a finished run at the training length, so all are kept.", "",
+            choices.to_markdown(index=False, disable_numparse=True), ""]
+
+
+def write_report(folder: str | Path, by: tuple[str, ...] = (), best_over: str | None = None) -> str:
+    """Write rows.csv, accuracy.csv, summary.md, ... for `folder`; labels name the keys of `by`; with `best_over`, only
+    the best value of that key per label is reported. MissingKey when no row has one of these keys."""
     folder = Path(folder)
     in_progress = write_in_progress(folder)  # runs paused mid-training: listed apart, never as results
     if in_progress and not list(folder.glob("rows/*.json")):
         text = f"# Results: {folder.name}\n\nNo run has finished yet.\n\n{in_progress}"
         (folder / "summary.md").write_text(text)
         return text
-    df = load_frame(folder)
-    flat = df.drop(columns=[c for c in ("config", "history") if c in df])
+    all_rows = load_frame(folder, by)
+    df, choices = keep_best(all_rows, best_over, by) if best_over else (all_rows, None)  # a missing key: no file yet
+    flat = all_rows.drop(columns=[c for c in ("config", "history") if c in all_rows])
     flat.sort_values([c for c in ("model", "seed", "eval_len") if c in flat]).to_csv(folder / "rows.csv", index=False)
-    acc = accuracy_table(df)
+    long = accuracy_long(df, by)
+    acc = cells_by_length(long)
     eff = efficiency_table(df)
     fails = failures(df)
-    acc.to_csv(folder / "accuracy.csv")
+    long.to_csv(folder / "accuracy.csv", index=False)
     parts = [f"# Results: {folder.name}", "",
              f"{df['run_id'].nunique()} runs, {len(df)} rows; task: {', '.join(sorted(df['task'].dropna().unique()))}.",
              ""]
-    unreadable = df.attrs.get("unreadable") or []
+    unreadable = all_rows.attrs.get("unreadable") or []
     if unreadable:
         parts += ["## Files not read", "",
                   f"{len(unreadable)} row files are not complete JSON lists of rows (truncated, corrupt or not rows); "
                   "their runs are missing from every table below. Running the same sweep again (resume) moves "
                   "each aside and redoes its run.", ""]
         parts += [f"- `{name}`: {reason.splitlines()[0] if reason else ''}" for name, reason in unreadable] + [""]
-    parts += ["## Accuracy (%) on scored positions, by evaluation length", "", acc.to_markdown(disable_numparse=True), ""]
+    if choices is not None:
+        choices.to_csv(folder / f"best_{best_over}.csv", index=False)
+        parts += best_section(best_over, choices)
+    grouped = f"Rows: model, {', '.join(by)} (--by), and any other setting that varies. " if by else ""
+    parts += ["## Accuracy (%) on scored positions, by evaluation length", "", grouped + ACCURACY_NOTE, "",
+              acc.to_markdown(disable_numparse=True), ""]
     if not eff.empty:
         eff.to_csv(folder / "efficiency.csv")
         parts += ["## Efficiency (training at the training length)", "", eff.to_markdown(), ""]
@@ -207,12 +259,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", metavar="DIR", help="with several folders: where the merged rows and the report go "
                                                  "(default: the first folder)")
     ap.add_argument("--quiet", action="store_true", help="write the files without printing the summary")
+    ap.add_argument("--by", metavar="KEY", action="append", default=[],
+                    help="name KEY (a row column such as lr, d_model, task.seq_len, or a config key such as "
+                         "trainer.steps) in every row label of the tables, even where it does not vary; repeatable")
+    ap.add_argument("--best-over", metavar="KEY",
+                    help="report, per model, only the KEY value (e.g. lr) with the best mean accuracy at the training "
+                         "length; summary.md lists the value chosen for each and those tried")
     args = ap.parse_args(argv)
-    if len(args.folders) == 1 and (args.out is None or Path(args.out).resolve() == Path(args.folders[0]).resolve()):
-        text = write_report(args.folders[0])
-    else:
-        from .merge import write_merged_report
+    by = tuple(dict.fromkeys(args.by))  # a key given twice is one column
+    if args.best_over and args.best_over in by:
+        ap.error(f"--best-over {args.best_over} keeps one value of it per label; --by {args.best_over} names each")
+    one_folder = len(args.folders) == 1 and (args.out is None
+                                             or Path(args.out).resolve() == Path(args.folders[0]).resolve())
+    from .merge import write_merged_report
 
-        text = write_merged_report(args.folders, args.out)
+    try:
+        text = (write_report(args.folders[0], by, args.best_over) if one_folder
+                else write_merged_report(args.folders, args.out, by, args.best_over))
+    except MissingKey as e:
+        ap.error(f"{'--by' if e.key in by else '--best-over'} {e.key}: {e}")
     if not args.quiet:
         print(text)
