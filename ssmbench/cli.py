@@ -19,11 +19,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .config import register_configs
 from .callbacks import OUTCOMES
 from .checkpoint import CHECKPOINT, run_dir, write_progress, write_run_info
+from .config import register_configs
 from .results import finished, rows_path, run_id, write_rows
 from .run import RunConfigError, execute, prepare
+from .tracking import make_tracker
 
 log = logging.getLogger("ssmbench")
 register_configs()
@@ -93,7 +94,10 @@ def run_one(cfg: DictConfig) -> list[dict] | None:
                             "seed": cfg.seed, "lr": p.trainer.lr, "batch_size": p.trainer.batch_size,
                             "train_len": p.task.seq_len, "steps": p.trainer.steps,
                             "config": OmegaConf.to_yaml(cfg, resolve=True)})
-    rows = execute(p, rid, cfg.study, run_folder=folder, save_trained_model=cfg.save_model)
+    tracker = make_tracker(cfg.logger, folder, OmegaConf.to_yaml(cfg, resolve=True), rid, f"{label} [{rid}]")
+    rows = execute(p, rid, cfg.study, run_folder=folder, save_trained_model=cfg.save_model,
+                   on_check=tracker.scalars)
+    tracker.finish(rows if rows and rows[0]["status"] != "paused" else [])
     if gpu is not None:
         rows = [{**r, "gpu": gpu} for r in rows]
     if rows and rows[0]["status"] == "paused":

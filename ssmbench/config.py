@@ -110,6 +110,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: bool = True  # skip runs whose rows already exist, continue runs that left a checkpoint
     save_model: bool = True  # keep the trained model (runs/<run_id>/model.pt) for ssmbench-eval
+    logger: str = "none"  # none | tensorboard | wandb | mlflow (offline, under runs/<run_id>/; ssmbench/tracking.py)
     retry_failed: bool = False  # with resume, run again the runs whose rows record a failure
 
 

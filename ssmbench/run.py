@@ -32,6 +32,7 @@ from .env import environment
 from .evaluate import autocast_factory, evaluate_length
 from .metrics import free_cached_memory, is_out_of_memory
 from .results import rows_dir
+from .tracking import TrackingError, check_logger
 from .train import TrainerConfigError, train, validate_trainer
 
 log = logging.getLogger("ssmbench")
@@ -160,6 +161,10 @@ def prepare(cfg: DictConfig) -> Prepared:
         raise RunConfigError(str(e)) from e
     except ValueError as e:
         raise RunConfigError(f"model: {e}") from e
+    try:
+        check_logger(cfg.get("logger", "none"))
+    except TrackingError as e:
+        raise RunConfigError(str(e)) from e
     device = resolve_device(cfg.device)
     check_scan_backend(model_cfg, device, str(cfg.device))
     precision = trainer.precision if trainer.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
@@ -207,7 +212,7 @@ def eval_generator_seed(seed: int, length: int) -> int:
 
 
 def execute(p: Prepared, run_id: str, study: str, run_folder: Path | None = None,
-            save_trained_model: bool = False) -> list[dict[str, Any]]:
+            save_trained_model: bool = False, on_check=None) -> list[dict[str, Any]]:
     """Train and evaluate; always returns rows (one per evaluation length), whatever happened. With `run_folder`
     the run checkpoints there and continues from a checkpoint it finds; a run that pauses (its `max_time_s`
     budget spent, or SIGTERM) returns rows with status "paused", which are not results: the caller keeps them out
@@ -242,7 +247,7 @@ def execute(p: Prepared, run_id: str, study: str, run_folder: Path | None = None
         params = model.num_parameters()
         res = train(model, p.task, p.trainer, p.device, p.precision, autocast, gen, check_seed,
                     desc=f"{p.model_cfg.name} {p.cfg.task.name} L={p.task.seq_len} seed={p.cfg.seed} [{run_id}]",
-                    run_folder=run_folder, run_id=run_id)
+                    run_folder=run_folder, run_id=run_id, on_check=on_check)
     except Exception as e:  # everything after validation is a result, not a crash of the sweep
         oom = is_out_of_memory(e)
         free_cached_memory(p.device)

@@ -156,9 +156,10 @@ def _checkpoint(folder: Path, run_id: str, done: int, model, step: TrainStep, ge
 
 def train(model, task, cfg: TrainerConfig, device: torch.device, precision: str, autocast,
           generator: torch.Generator, check_generator_seed: int, desc: str = "", run_folder: Path | None = None,
-          run_id: str = "") -> TrainResult:
+          run_id: str = "", on_check=None) -> TrainResult:
     """Train `model` for `cfg.steps` steps (or until an early stop or a pause). With `run_folder`, continue from
-    the checkpoint there if there is one, and write checkpoints to it."""
+    the checkpoint there if there is one, and write checkpoints to it. `on_check(step, scalars)` is called at each
+    held-out check (experiment tracking)."""
     invocation_start = time.perf_counter()
     step = TrainStep(model, task, cfg, device, precision, cfg.step_mode)
     res = TrainResult()
@@ -208,6 +209,9 @@ def train(model, task, cfg: TrainerConfig, device: torch.device, precision: str,
                 res.history.append({"step": done, "accuracy": check["accuracy"], "loss": check["loss"]})
                 log.info("%s step %d/%d: held-out accuracy %.4f loss %.4f | training loss %.4f (last %d steps)",
                          desc, done, cfg.steps, check["accuracy"], check["loss"], m["loss"], m["steps"])
+                if on_check is not None:  # experiment tracking (tracking.py), at the same cadence as the log
+                    on_check(done, {"heldout/accuracy": check["accuracy"], "heldout/loss": check["loss"],
+                                    "train/loss": m["loss"], "train/accuracy": m["accuracy"]})
                 synchronize(device)
                 segment_start = time.perf_counter()
                 if cfg.target_accuracy is not None and check["accuracy"] >= cfg.target_accuracy:
