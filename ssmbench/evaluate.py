@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .metrics import (Stopwatch, free_cached_memory, is_out_of_memory, loss_and_accuracy, peak_memory_bytes,
-                      reset_peak_memory)
+                      reset_peak_memory, sample_memory)
 
 
 def eval_batch_size(seq_len: int, batch_size: int, max_tokens: int) -> int:
@@ -45,6 +45,7 @@ def evaluate_length(model, task, seq_len: int, generator: torch.Generator, batch
             with watch, autocast():
                 logits = model(batch.inputs)
             loss, c, n = loss_and_accuracy(logits, batch.targets)
+            sample_memory(device)
             correct, total = correct + int(c), total + int(n)
             loss_sum += float(loss) * int(n)
             del logits

@@ -25,18 +25,43 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# On the CPU the OS keeps only the process's lifetime peak (ru_maxrss), which every run of a sweep in one
+# process would share; so the CPU peak is sampled: the largest resident set size seen since the last reset, at the
+# points that call sample_memory (each log read and check of training, each evaluation batch) and at the read.
+_cpu_peak = 0
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:  # not Linux: the lifetime peak is the best there is
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
 def reset_peak_memory(device: torch.device) -> None:
+    global _cpu_peak
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    else:
+        _cpu_peak = _rss_bytes()
+
+
+def sample_memory(device: torch.device) -> None:
+    """Note the CPU's resident set size now (the CUDA allocator tracks its own peak: nothing to do there)."""
+    global _cpu_peak
+    if device.type != "cuda":
+        _cpu_peak = max(_cpu_peak, _rss_bytes())
 
 
 def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA allocator peak since the last reset on GPU; on the CPU the process's peak resident set size,
-    which the OS never resets: runs that share a process (a sweep in one process) report a running maximum."""
+    """CUDA allocator peak since the last reset on GPU; on the CPU the largest resident set size sampled since
+    the last reset (the whole process's memory, the Python interpreter and libraries included)."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024)
+    sample_memory(device)
+    return int(_cpu_peak)
 
 
 class Stopwatch:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .config import TrainerConfig
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_progress
 from .evaluate import evaluate_length
-from .metrics import peak_memory_bytes, reset_peak_memory, synchronize
+from .metrics import peak_memory_bytes, reset_peak_memory, sample_memory, synchronize
 from .step import STEP_MODES, TrainStep
 
 log = logging.getLogger("ssmbench")
@@ -190,6 +190,7 @@ def train(model, task, cfg: TrainerConfig, device: torch.device, precision: str,
             if at_check or done % cfg.log_every == 0 or done == cfg.steps:
                 m = step.meters.read()  # the one host sync of the window
                 bank_time()
+                sample_memory(device)
                 if m["first_bad_step"] >= 0:
                     bad = m["first_bad_step"] + 1
                     res.status, res.error = "nan", f"non-finite training loss at step {bad}"

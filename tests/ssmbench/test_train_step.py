@@ -117,3 +117,16 @@ def test_a_checkpoint_continues_across_step_modes():
         rest, _, _ = _cpu_losses(second, 6, resume_from=state)
         for a, b in zip(whole[6:], rest):
             assert abs(a - b) <= 1e-4 * abs(a), (first, whole[6:], rest)
+
+
+def test_cpu_peak_memory_is_per_run_not_the_process_lifetime():
+    from ssmbench.metrics import peak_memory_bytes, reset_peak_memory, sample_memory
+
+    cpu = torch.device("cpu")
+    reset_peak_memory(cpu)
+    big = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB, touched
+    sample_memory(cpu)
+    with_big = peak_memory_bytes(cpu)
+    del big
+    reset_peak_memory(cpu)  # a new run: the earlier peak is not carried over
+    assert peak_memory_bytes(cpu) < with_big - 32 * 2**20
