@@ -140,18 +140,14 @@ def write_comparison(df: pd.DataFrame, folder: Path) -> Path | None:
              "status ok only); '*' = mean over fewer runs than were launched (the others failed); a status "
              "(oom, nan, error) where no run finished. Lines that differ in a setting other than the seed are "
              "kept apart, the setting named in the label.", ""]
-    if not t1.empty:
-        t1.to_csv(folder / "paper_table1.csv", index=False)
-        sc = df[df["task"] == "selective_copy"]
-        parts += ["## Table 1: selective copying (accuracy % at the training length)", "",
-                  t1.to_markdown(index=False, disable_numparse=True), "",
-                  f"Paper setup: {PAPER_SETUP['selective_copy']}.  ", f"Ours: {our_setup(sc)}.", ""]
-    if not t11.empty:
-        t11.to_csv(folder / "paper_table11.csv", index=False)
-        ind = df[df["task"] == "induction"]
-        parts += ["## Table 11: induction heads (accuracy % by test length)", "",
-                  t11.to_markdown(index=False, disable_numparse=True), "",
-                  f"Paper setup: {PAPER_SETUP['induction']}.  ", f"Ours: {our_setup(ind)}.", ""]
+    for table, task, csv, title in (
+            (t1, "selective_copy", "paper_table1.csv", "Table 1: selective copying (accuracy % at the training length)"),
+            (t11, "induction", "paper_table11.csv", "Table 11: induction heads (accuracy % by test length)")):
+        if table.empty:
+            continue
+        table.to_csv(folder / csv, index=False)
+        parts += [f"## {title}", "", table.to_markdown(index=False, disable_numparse=True), "",
+                  f"Paper setup: {PAPER_SETUP[task]}.  ", f"Ours: {our_setup(df[df['task'] == task])}.", ""]
     path = folder / "paper_comparison.md"
     path.write_text("\n".join(parts))
     return path
