@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -108,11 +109,18 @@ class _StopRequest:
         self.requested, self.signum = True, signum
 
     def forward(self) -> None:
-        """Hand the signal to whoever listened before us (submitit requeues the job on SIGUSR2), once our
-        checkpoint is written: the requeued job then continues from it."""
+        """Hand the signal on to what was there before, once our checkpoint is written: a Python handler is called
+        (submitit's requeues the job on SIGUSR2, which then continues from the checkpoint); where the default
+        action was in place the signal is raised again, so the process ends as the sender meant (a sweep stops
+        rather than going on to its next run); an ignored signal stays ignored."""
+        if self.signum is None:
+            return
         previous = self._previous.get(self.signum)
-        if self.signum is not None and callable(previous):
+        if callable(previous):
             previous(self.signum, None)
+        elif previous == signal.SIG_DFL:
+            signal.signal(self.signum, signal.SIG_DFL)
+            os.kill(os.getpid(), self.signum)
 
     def __exit__(self, *exc):
         for sig, previous in self._previous.items():

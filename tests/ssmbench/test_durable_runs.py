@@ -148,3 +148,27 @@ def test_eval_cli_names_a_bad_key_and_a_missing_model(tmp_path):
     res = subprocess.run([sys.executable, "-m", "ssmbench.reeval", str(tmp_path)], env=env,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and MODEL in res.stderr
+
+
+def test_sigterm_checkpoints_then_ends_the_sweep(tmp_path):
+    """SIGTERM (a scheduler, or a user's kill) pauses the run in training with a checkpoint, then ends the process
+    as the signal asks: the sweep does not go on to its next run. The same command continues."""
+    root = tmp_path / "term"
+    args = ["-m", "seed=0,1", *LONG, "trainer.steps=100000", f"results_root={root}", "study=s"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ssmbench.cli", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not list(root.glob("s/runs/*/run.json")):
+            time.sleep(0.05)
+        time.sleep(2.0)  # into training
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == -signal.SIGTERM
+    finally:
+        proc.kill()
+    runs = list((root / "s" / "runs").iterdir())
+    assert len(runs) == 1, "the sweep went on to its next run after SIGTERM"
+    state = torch.load(runs[0] / CHECKPOINT, weights_only=True)
+    assert 0 < state["step"] < 100000
+    assert json.loads((runs[0] / PROGRESS).read_text())["status"] == "paused"
