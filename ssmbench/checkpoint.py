@@ -92,6 +92,16 @@ def save_model(folder: Path, model: torch.nn.Module, meta: dict[str, Any]) -> Pa
     return path
 
 
+def load_kept_model(path: Path):
+    """A kept model's file and the model rebuilt from it (eval mode, on the CPU): (kept dict, LanguageModel)."""
+    from ssmbench.models.lm import LanguageModel, ModelConfig
+
+    kept = load_model_file(path)
+    model = LanguageModel(ModelConfig(**kept["model_cfg"]), kept["vocab_size"])
+    model.load_state_dict(kept["model"])
+    return kept, model.eval()
+
+
 def load_model_file(path: Path) -> dict[str, Any]:
     try:
         kept = torch.load(path, map_location="cpu", weights_only=True)

@@ -19,9 +19,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from ssmbench.models.lm import LanguageModel, ModelConfig
-
-from .checkpoint import MODEL, load_model_file
+from .checkpoint import MODEL, load_kept_model
 from .env import environment
 from .evaluate import autocast_factory, evaluate_length
 from .results import read_rows, write_rows
@@ -47,15 +45,13 @@ def parse_overrides(overrides: list[str]):
 def evaluate_kept(run_folder: str | Path, overrides: list[str]) -> list[dict[str, Any]]:
     run_folder = Path(run_folder)
     changes = parse_overrides(overrides)
-    kept = load_model_file(run_folder / MODEL)
+    kept, model = load_kept_model(run_folder / MODEL)
     cfg = OmegaConf.merge(OmegaConf.create(kept["config"]), changes)
     lengths = [int(L) for L in cfg.eval.lengths] or [int(cfg.task.seq_len)]
     if any(L <= 0 for L in lengths):
         raise RunConfigError(f"eval.lengths must be positive, got {lengths}")
     device = resolve_device(cfg.device)
     task, _ = build_task(cfg.task)
-    model = LanguageModel(ModelConfig(**kept["model_cfg"]), kept["vocab_size"])
-    model.load_state_dict(kept["model"])
     model.to(device)
     autocast = autocast_factory(device, kept["precision"] if device.type == "cuda" else "fp32")
     path = rows_file_of(run_folder, kept["run_id"])

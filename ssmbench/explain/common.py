@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import get_class
+from omegaconf import OmegaConf
 from torch import nn
 
-from ssmbench.checkpoint import load_model_file
+from ssmbench.checkpoint import load_kept_model
 from ssmbench.models.lm import LanguageModel, ModelConfig
 from ssmbench.models.registry import ConfigError
+from ssmbench.run import RunConfigError
+from ssmbench.run import build_task as build_run_task
 from ssmbench.tasks import InductionHeads, SelectiveCopying
 
 from .config import ROLES, ExplainConfig, ExplainConfigError
@@ -85,22 +87,17 @@ def build_fresh(role: str, model_cfg: ModelConfig, vocab_size: int, seed: int) -
 def load_kept(path: str) -> tuple[dict[str, Any], LanguageModel]:
     """A kept model (checkpoint.save_model's file: weights, model config, task, vocab size) and its model."""
     try:
-        kept = load_model_file(Path(path))
-        model = LanguageModel(ModelConfig(**kept["model_cfg"]), kept["vocab_size"])
-        model.load_state_dict(kept["model"])
+        return load_kept_model(Path(path))
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         raise ExplainConfigError(f"model_path={path}: {type(e).__name__}: {e}") from e
-    return kept, model.eval()
 
 
 def build_task(task: dict[str, Any]):
-    """The kept model's task, from its config (_target_ and the constructor's arguments)."""
-    params = {k: v for k, v in task.items() if k not in ("_target_", "name")}
+    """The kept model's task, from its config (_target_ and the constructor's arguments): run.build_task's."""
     try:
-        return get_class(task["_target_"])(**params)
-    except Exception as e:  # an import error, or a task whose arguments have changed since the run
-        raise ExplainConfigError(f"model_path: the kept model's task {task} cannot be rebuilt: "
-                                 f"{type(e).__name__}: {e}") from e
+        return build_run_task(OmegaConf.create(task))[0]
+    except RunConfigError as e:  # an import error, or a task whose arguments have changed since the run
+        raise ExplainConfigError(f"model_path: the kept model's task {task} cannot be rebuilt: {e}") from e
 
 
 def make_setting(cfg: ExplainConfig) -> Setting:
