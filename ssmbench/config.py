@@ -125,3 +125,12 @@ def register_configs() -> None:
         cs.store(group="task", name=f"{name}_schema", node=schema)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+
+
+def compose_config(overrides: list[str]):
+    """The run config that `ssmbench <overrides>` would get, composed outside a Hydra app (benchmarks, tests)."""
+    from hydra import compose, initialize_config_module
+
+    register_configs()
+    with initialize_config_module(config_module="ssmbench.conf", version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)

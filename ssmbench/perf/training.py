@@ -20,9 +20,8 @@ import statistics
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_module
 
-from ssmbench.config import register_configs
+from ssmbench.config import compose_config
 from ssmbench.env import environment
 from ssmbench.metrics import peak_memory_bytes, reset_peak_memory
 from ssmbench.models.lm import LanguageModel
@@ -44,12 +43,6 @@ EXPERIMENTS = {
     "table1": {name: ["experiment=table1", f"model={name}"] for name in
                ("mamba", "s6_nogate", "s6_h3", "s4", "h3", "hyena", "mamba_s4", "mamba_hyena", "transformer", "lstm")},
 }
-
-
-def compose_config(overrides: list[str]):
-    register_configs()
-    with initialize_config_module(config_module="ssmbench.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 def build_step(overrides: list[str], mode: str):

@@ -7,9 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_module
-
-from ssmbench.config import register_configs
+from ssmbench.config import compose_config
 
 # A run that takes a second or two on the CPU.
 TINY = ["task.seq_len=32", "task.n_data=4", "model.d_model=16", "model.n_layers=1", "trainer.steps=20",
@@ -23,9 +21,7 @@ def tiny_overrides(model: str = "mamba") -> list[str]:
 
 
 def compose_cfg(overrides: list[str]):
-    register_configs()
-    with initialize_config_module(config_module="ssmbench.conf", version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    return compose_config(overrides)
 
 
 def cli(args: list[str], cwd: Path, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
