@@ -104,6 +104,21 @@ def _groups_agree(B_groups: int | None, C_groups: int | None, B: torch.Tensor, C
               f"of groups (B: {_shape(B)}, C: {_shape(C)})")
 
 
+def _varying_bc(name: str, X: torch.Tensor, batch: int, dim: int, N: int, n_axis: int, groups: int,
+                ref_name: str, ref: torch.Tensor, A: torch.Tensor) -> int:
+    """What a time-varying B/C must satisfy in the scan and in one decode step alike: the batch of its reference
+    input, A's N along `n_axis`, and a group count that divides dim. Returns the group count."""
+    if X.shape[0] != batch:
+        _fail(f"{name} has batch={X.shape[0]} but {ref_name} has batch={batch} ({name}: {_shape(X)}, "
+              f"{ref_name}: {_shape(ref)})")
+    if X.shape[n_axis] != N:
+        _fail(f"{name} has N={X.shape[n_axis]} states but A has N={N} ({name}: {_shape(X)}, A: {_shape(A)})")
+    if groups < 1 or dim % groups:
+        _fail(f"{name} has {groups} groups, which does not divide dim={dim} ({name}: {_shape(X)}, "
+              f"{ref_name}: {_shape(ref)})")
+    return groups
+
+
 def _scan_bc(name: str, X: torch.Tensor, batch: int, dim: int, L: int, N: int, u: torch.Tensor,
              A: torch.Tensor) -> int | None:
     """One of B/C of the scan. Returns its group count (None when fixed over time)."""
@@ -117,16 +132,9 @@ def _scan_bc(name: str, X: torch.Tensor, batch: int, dim: int, L: int, N: int, u
     if X.dim() not in (3, 4):
         _fail(f"{name} must be [dim, N], [batch, N, L] or [batch, groups, N, L] but has shape {_shape(X)} "
               f"(u: {_shape(u)}, A: {_shape(A)})")
-    if X.shape[0] != batch:
-        _fail(f"{name} has batch={X.shape[0]} but u has batch={batch} ({name}: {_shape(X)}, u: {_shape(u)})")
     if X.shape[-1] != L:
         _fail(f"{name} has L={X.shape[-1]} time steps but u has L={L} ({name}: {_shape(X)}, u: {_shape(u)})")
-    if X.shape[-2] != N:
-        _fail(f"{name} has N={X.shape[-2]} states but A has N={N} ({name}: {_shape(X)}, A: {_shape(A)})")
-    groups = X.shape[1] if X.dim() == 4 else 1
-    if groups < 1 or dim % groups:
-        _fail(f"{name} has {groups} groups, which does not divide dim={dim} ({name}: {_shape(X)}, u: {_shape(u)})")
-    return groups
+    return _varying_bc(name, X, batch, dim, N, -2, X.shape[1] if X.dim() == 4 else 1, "u", u, A)
 
 
 def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None, *,
@@ -199,14 +207,7 @@ def check_step_args(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, *, back
         if X.dim() not in (2, 3):
             _fail(f"{name} must be [batch, N] or [batch, groups, N] for one step but has shape {_shape(X)} "
                   f"(x: {_shape(x)})")
-        if X.shape[0] != batch:
-            _fail(f"{name} has batch={X.shape[0]} but x has batch={batch} ({name}: {_shape(X)}, x: {_shape(x)})")
-        if X.shape[-1] != N:
-            _fail(f"{name} has N={X.shape[-1]} states but A has N={N} ({name}: {_shape(X)}, A: {_shape(A)})")
-        g = X.shape[1] if X.dim() == 3 else 1
-        if g < 1 or dim % g:
-            _fail(f"{name} has {g} groups, which does not divide dim={dim} ({name}: {_shape(X)}, x: {_shape(x)})")
-        groups[name] = g
+        groups[name] = _varying_bc(name, X, batch, dim, N, -1, X.shape[1] if X.dim() == 3 else 1, "x", x, A)
     _groups_agree(groups["B"], groups["C"], B, C)
     for name, t in (("D", D), ("dt_bias", dt_bias)):
         if _tensor(name, t, optional=True):
