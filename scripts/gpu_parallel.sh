@@ -4,6 +4,8 @@
 # skips the finished ones (durable runs, README "Long runs, in pieces").
 #   bash scripts/gpu_parallel.sh scripts/studies/induction.txt BUDGET_S [RESULTS_ROOT] [extra overrides...]
 # (PYTHON=.venv/bin/python to use a virtualenv's ssmbench)
+# On a host with several GPUs the runs are spread round-robin, one GPU per process through CUDA_VISIBLE_DEVICES
+# (GPUS=N overrides the count nvidia-smi gives; each log's first line names its GPU).
 # The study file holds one run a line: a name, then that run's ssmbench arguments (experiment=... sets the
 # study folder). Logs: RESULTS_ROOT/<study>/logs/<name>.log. On the lent GPU machine ($OUT set) each study folder
 # is copied into $OUT every minute and at the end (gpu_snapshot.sh), so a call cut off by its time limit still
@@ -16,6 +18,9 @@ here=$(dirname "$0")
 py=${PYTHON:-python3}  # the interpreter that has ssmbench installed
 studies=()
 pids=()
+gpus=${GPUS:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)}
+gpus=${gpus:-0}
+i=0
 while read -r name args; do
   [[ -z "$name" || "$name" == \#* ]] && continue
   # shellcheck disable=SC2086
@@ -23,9 +28,15 @@ while read -r name args; do
   study=${study:-default}
   mkdir -p "$root/$study/logs"
   [[ " ${studies[*]} " == *" $study "* ]] || studies+=("$study")
+  pin=()
+  if [ "$gpus" -gt 1 ]; then
+    pin=(env CUDA_VISIBLE_DEVICES=$((i % gpus)))
+    echo "# $(date -u +%FT%TZ) gpu $((i % gpus)) of $gpus" >>"$root/$study/logs/$name.log"
+  fi
+  i=$((i + 1))
   # shellcheck disable=SC2086
-  "$py" -m ssmbench.cli $args results_root="$root" trainer.max_time_s="$budget" trainer.progress=false "$@" \
-    >>"$root/$study/logs/$name.log" 2>&1 &
+  "${pin[@]}" "$py" -m ssmbench.cli $args results_root="$root" trainer.max_time_s="$budget" trainer.progress=false \
+    "$@" >>"$root/$study/logs/$name.log" 2>&1 &
   pids+=($!)
 done < "$list"
 snappers=()
