@@ -1,6 +1,8 @@
 """Run ids of the studies in progress must not move: a run's checkpoint is found by its id, so a change that alters
 the id of an existing config (a new config key, a renamed one) orphans every paused run of that config."""
 
+from pathlib import Path
+
 import pytest
 
 from ssmbench.results import run_id
@@ -8,21 +10,36 @@ from ssmbench.run import prepare
 
 from .helpers import compose_cfg
 
-ATTENTION = ["model.d_model=128", "model.layer.n_heads=8", "trainer.lr=2e-4"]
-# results/induction/runs/<id>: the Table 11 runs being trained on the GPU across sessions (scripts/gpu_induction.sh)
+STUDIES = Path(__file__).resolve().parents[2] / "scripts" / "studies"
+# results/induction/runs/<id>: Table 11 runs trained on the GPU across sessions, by study file and run name
+# (the arguments are read from the study file, so the file and the ids are checked together)
 IN_PROGRESS = {
-    "23d82a22c51c3769": ["model=mamba"],
-    "866734e90b6367f7": ["model=transformer_abs", *ATTENTION],
-    "201d1b0cee686569": ["model=transformer", *ATTENTION],
-    "c1ec914fcf3f9f37": ["model=transformer_xpos", *ATTENTION],
-    "039526554cf98126": ["model=h3", "trainer.lr=2e-4"],
-    "8fba4cc49f48bbf6": ["model=hyena", "trainer.lr=2e-4"],
+    ("induction.txt", "mamba"): "e19929bb17a1fa13",
+    ("induction.txt", "transformer_abs"): "2e3d18f5ec7b429a",
+    ("induction.txt", "transformer"): "18eac46be048348c",
+    ("induction.txt", "transformer_xpos"): "d0b58e27b9aa33d5",
+    ("induction.txt", "h3"): "b8f883662e072149",
+    ("induction.txt", "hyena"): "b3ae99a7114c73a2",
+    ("induction.txt", "mamba_s1"): "1b79615d384ca197",
+    ("induction.txt", "mamba_s2"): "743928f141a08baa",
+    ("induction_seeds.txt", "mamba_lr3e-4_s0"): "24c2c24598246ba7",
+    ("induction_seeds.txt", "mamba_lr3e-4_s1"): "0632c1027810459e",
+    ("induction_seeds.txt", "mamba_lr3e-4_s2"): "9f20e0d6a5861060",
+    ("induction_seeds.txt", "mamba_s1"): "0fbbb5034ce1ba48",
+    ("induction_seeds.txt", "mamba_s2"): "0c25d4add71e5ec8",
 }
 
 
-@pytest.mark.parametrize("expected,overrides", IN_PROGRESS.items())
-def test_run_ids_of_runs_in_progress_are_stable(expected, overrides):
-    p = prepare(compose_cfg(["experiment=induction", *overrides, "device=cpu"]))
+def study_args(study: str, name: str) -> list[str]:
+    for line in (STUDIES / study).read_text().splitlines():
+        if line.strip() and not line.startswith("#") and line.split()[0] == name:
+            return line.split()[1:]
+    raise AssertionError(f"no run {name!r} in scripts/studies/{study}")
+
+
+@pytest.mark.parametrize("run,expected", IN_PROGRESS.items(), ids=lambda v: "/".join(v) if isinstance(v, tuple) else v)
+def test_run_ids_of_runs_in_progress_are_stable(run, expected):
+    p = prepare(compose_cfg([*study_args(*run), "device=cpu"]))
     identity = {**p.identity, "device": "cuda"}  # they run on the GPU
     assert run_id(identity) == expected, (
         "this change moves the run id of a paused study run: its checkpoint under results/induction/runs/"
