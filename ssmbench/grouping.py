@@ -14,14 +14,17 @@ import math
 import pandas as pd
 import yaml
 
+from .config import INVOCATION_KEYS
+
 # Row columns that set up a run (task.* columns are added as found). Seed is not one: averaging over seeds is
 # the point. arch and layer are here because `model=mamba model.arch=h3` keeps the name "mamba".
 ROW_KEYS = ("task", "arch", "layer", "lr", "d_model", "n_layers", "batch_size", "train_len", "precision")
 # Sections of the run's config yaml that hold settings the row columns lack (steps target, d_state, heads, ...).
 YAML_SECTIONS = ("model", "trainer")
-# yaml keys that repeat a row column, or that do not change the result.
+# yaml keys that repeat a row column, or that do not change the result (how a call ran: its time budget, its
+# checkpoint cadence, graphs or eager; a run paused under one budget and finished under another is one run).
 YAML_SKIP = {"model.name", "model.arch", "model.layer.name", "model.d_model", "model.n_layers", "trainer.lr",
-             "trainer.batch_size", "trainer.precision", "trainer.progress"}
+             "trainer.batch_size", "trainer.precision", *(f"trainer.{k}" for k in INVOCATION_KEYS)}
 
 
 def _flatten(tree: dict, prefix: str) -> dict:
@@ -109,14 +112,31 @@ def mean_ok(rows: pd.DataFrame) -> float:
     return 100 * rows.loc[rows["status"] == "ok", "accuracy"].mean()
 
 
+# A cell resting on fewer scored positions than this (summed over seeds) is marked: at the longest induction
+# lengths the evaluation's time budget can run out after a few sequences, and 8 answers read as 0% or 50%.
+FEW_SCORED = 64
+FEW_SCORED_MARK = "†"
+FEW_SCORED_NOTE = (f"'{FEW_SCORED_MARK}': fewer than {FEW_SCORED} positions scored at that length (the evaluation's "
+                   "time budget ran out), too few to read a difference from chance.")
+
+
+def few_scored(rows: pd.DataFrame) -> str:
+    """FEW_SCORED_MARK when the ok rows scored fewer than FEW_SCORED positions together (rows that count them)."""
+    ok = rows[rows["status"] == "ok"]
+    if "eval_scored" not in ok or ok.empty or ok["eval_scored"].isna().any():
+        return ""
+    return FEW_SCORED_MARK if ok["eval_scored"].sum() < FEW_SCORED else ""
+
+
 def score(rows: pd.DataFrame) -> str:
-    """A table cell: mean accuracy (%) of the ok rows, '*' when some runs failed; the status(es) when none is ok."""
+    """A table cell: mean accuracy (%) of the ok rows, '*' when some runs failed, '†' when they scored few
+    positions (FEW_SCORED); the status(es) when none is ok."""
     if rows.empty:
         return "-"
     n_ok = int((rows["status"] == "ok").sum())
     if n_ok == 0:
         return "/".join(sorted(set(rows["status"].astype(str))))
-    return f"{mean_ok(rows):.1f}" + ("*" if n_ok < len(rows) else "")
+    return f"{mean_ok(rows):.1f}" + ("*" if n_ok < len(rows) else "") + few_scored(rows)
 
 
 def seed_stats(rows: pd.DataFrame) -> dict:
@@ -133,7 +153,8 @@ def score_spread(rows: pd.DataFrame) -> str:
     if stats["n"] == 0:
         return score(rows)  # "-" or the failure status(es)
     spread = f" ± {stats['std_pct']:.1f}" if stats["n"] > 1 else ""
-    return f"{stats['mean_pct']:.1f}{spread} (n={stats['n']})" + ("*" if stats["n"] < stats["runs"] else "")
+    return (f"{stats['mean_pct']:.1f}{spread} (n={stats['n']})" + ("*" if stats["n"] < stats["runs"] else "")
+            + few_scored(rows))
 
 
 def at_training_length(df: pd.DataFrame) -> pd.Series:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import reference
-from .grouping import mean_ok, score, variant_labels
+from .grouping import FEW_SCORED_NOTE, mean_ok, score, variant_labels
 
 # The paper's Table 1 calls the plain (no-gate) block "none"; our rows call it "nogate".
 PAPER_ARCH_TO_OURS = {"none": "nogate"}
@@ -139,7 +139,7 @@ def write_comparison(df: pd.DataFrame, folder: Path) -> Path | None:
              f"Paper: {reference.SOURCE}. Accuracy (%) on the scored positions. Ours: mean over seeds (runs with "
              "status ok only); '*' = mean over fewer runs than were launched (the others failed); a status "
              "(oom, nan, error) where no run finished. Lines that differ in a setting other than the seed are "
-             "kept apart, the setting named in the label.", ""]
+             "kept apart, the setting named in the label. " + FEW_SCORED_NOTE, ""]
     for table, task, csv, title in (
             (t1, "selective_copy", "paper_table1.csv", "Table 1: selective copying (accuracy % at the training length)"),
             (t11, "induction", "paper_table11.csv", "Table 11: induction heads (accuracy % by test length)")):

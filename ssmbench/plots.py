@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter  # noqa: E402
 
-from .grouping import variant_labels  # noqa: E402
+from .grouping import FEW_SCORED, variant_labels  # noqa: E402
 from .paper import INDUCTION_NAMES, paper_table11  # noqa: E402
 
 # One colour per model name (conf/model/*.yaml), the same in every plot. Families share a hue range
@@ -136,11 +136,20 @@ def induction_extrapolation(df: pd.DataFrame, out: Path) -> Path | None:
         return None
     styles = line_styles(rows)
     fig, ax = plt.subplots(figsize=(9, 4.5))
+    few_labelled = False
     for label, g in rows.groupby("label"):
         ok = g[g["status"] == "ok"]
-        if not ok.empty:
-            _mean_band(ax, ok.pivot_table(index="eval_len", columns="run_id", values="accuracy") * 100,
+        # Lengths where the evaluation's time budget left only a few scored answers are not joined into the
+        # line (8 answers read as 0% or 50%): hollow markers, apart.
+        few = ok["eval_scored"] < FEW_SCORED if "eval_scored" in ok else pd.Series(False, index=ok.index)
+        if not ok[~few].empty:
+            _mean_band(ax, ok[~few].pivot_table(index="eval_len", columns="run_id", values="accuracy") * 100,
                        styles[label], label)
+        if few.any():
+            pts = ok[few].groupby("eval_len")["accuracy"].mean() * 100
+            ax.plot(pts.index, pts.values, "o", mfc="none", color=styles[label]["color"], ms=5, clip_on=False,
+                    label=None if few_labelled else f"< {FEW_SCORED} answers scored (not joined)")
+            few_labelled = True
         oom = sorted(set(g.loc[g["status"] == "oom", "eval_len"]) - set(ok["eval_len"]))
         if oom:
             ax.plot(oom, [0] * len(oom), "x", color=styles[label]["color"], ms=7, mew=2, clip_on=False,

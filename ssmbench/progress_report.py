@@ -27,7 +27,10 @@ def runs_in_progress(folder: str | Path) -> list[dict]:
             info = json.loads(info_path.read_text()) if info_path.exists() else {}
         except (OSError, ValueError):
             continue  # a progress file is a convenience; an unreadable one is skipped, the checkpoint decides
-        if prog.get("status") in UNFINISHED:
+        # Rows are the truth: a run whose rows exist finished, whatever a progress file copied mid-run still says
+        # (a snapshot taken while it evaluated, say).
+        finished = (Path(folder) / "rows" / f"{prog_path.parent.name}.json").exists()
+        if prog.get("status") in UNFINISHED and not finished:
             runs.append({**info, **prog, "run_id": prog_path.parent.name})
     return runs
 

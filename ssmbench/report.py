@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .grouping import MissingKey, choose_best, config_frame, key_values, score_spread, seed_stats, variant_labels
+from .grouping import (FEW_SCORED_NOTE, MissingKey, choose_best, config_frame, key_values, score_spread, seed_stats,
+                       variant_labels)
 from .paper import write_comparison
 from .plots import induction_extrapolation, learning_curves, line_styles, save_figure
 from .progress_report import write_in_progress
@@ -183,7 +184,8 @@ def plot(df: pd.DataFrame, out: Path) -> list[Path]:
 
 ACCURACY_NOTE = ("Cells: mean ± sample standard deviation of the accuracy over seeds, runs with status ok only, and "
                  "n, their number (one seed: no ±). '*': some runs at that length did not finish (see below), so n is "
-                 "fewer than were launched; a status (oom, nan, error) where none finished; '-': not evaluated.")
+                 "fewer than were launched; a status (oom, nan, error) where none finished; '-': not evaluated. "
+                 + FEW_SCORED_NOTE)
 
 
 def best_section(key: str, choices: pd.DataFrame) -> list[str]:

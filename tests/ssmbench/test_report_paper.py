@@ -130,6 +130,15 @@ def test_variant_labels_name_only_the_keys_that_vary(frame):
     assert set(labels) == {"mamba (trainer.steps=1000)", "mamba (trainer.steps=2000)"}
 
 
+def test_how_a_call_ran_never_splits_a_model(frame):
+    # Seeds finished under different call budgets, checkpoint cadences or step modes are one configuration.
+    more = frame[(frame["task"] == "selective_copy") & (frame["model"] == "mamba")].copy()
+    for seed, extra in ((0, "  max_time_s: 330\n  step_mode: graphs\n"), (1, "  max_time_s: 420\n  log_every: 7\n")):
+        more.loc[more["seed"] == seed, "config"] = more.loc[more["seed"] == seed, "config"].str.replace(
+            "  progress: false\n", "  progress: false\n" + extra)
+    assert set(variant_labels(more)) == {"mamba"}
+
+
 def test_table11_paper_and_ours_with_oom(frame):
     t = table11(frame)
     rope_paper = _line(t, model="MHA-RoPE", source="paper")
@@ -169,3 +178,11 @@ def test_one_colour_per_model():
     assert names and set(names) <= set(MODEL_COLOURS)
     assert len({MODEL_COLOURS[n] for n in names}) == len(names)
     assert model_colour("unheard_of") == model_colour("unheard_of")
+
+
+def test_a_cell_of_few_scored_positions_is_marked(frame):
+    rows = frame[(frame["task"] == "induction") & (frame["model"] == "mamba")].copy()
+    rows["eval_scored"] = [1024 if L < 2**19 else 8 for L in rows["eval_len"]]
+    t = table11(rows).set_index("source")
+    ours = t.loc["ours: mamba"]
+    assert ours["2^18"] == "100.0" and ours["2^20"] == "100.0†"

@@ -22,11 +22,6 @@ IN_PROGRESS = {
     ("induction.txt", "hyena"): "b3ae99a7114c73a2",
     ("induction.txt", "mamba_s1"): "1b79615d384ca197",
     ("induction.txt", "mamba_s2"): "743928f141a08baa",
-    ("induction_seeds.txt", "mamba_lr3e-4_s0"): "24c2c24598246ba7",
-    ("induction_seeds.txt", "mamba_lr3e-4_s1"): "0632c1027810459e",
-    ("induction_seeds.txt", "mamba_lr3e-4_s2"): "9f20e0d6a5861060",
-    ("induction_seeds.txt", "mamba_s1"): "0fbbb5034ce1ba48",
-    ("induction_seeds.txt", "mamba_s2"): "0c25d4add71e5ec8",
 }
 
 

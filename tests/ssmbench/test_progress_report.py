@@ -1,0 +1,24 @@
+"""The report's list of runs in progress: read from progress files, with the rows as the truth."""
+
+import json
+
+from ssmbench.progress_report import runs_in_progress
+
+
+def _run(folder, rid, status, step):
+    run = folder / "runs" / rid
+    run.mkdir(parents=True)
+    (run / "progress.json").write_text(json.dumps({"run_id": rid, "status": status, "step": step}))
+    (run / "run.json").write_text(json.dumps({"run_id": rid, "model": "mamba", "steps": 100}))
+
+
+def test_paused_and_evaluating_runs_are_listed_and_a_run_with_rows_is_not(tmp_path):
+    _run(tmp_path, "a" * 16, "paused", 40)
+    _run(tmp_path, "b" * 16, "evaluating", 100)
+    _run(tmp_path, "c" * 16, "ok", 100)
+    # a progress file copied mid-evaluation beside the rows that the run then wrote: the run finished
+    _run(tmp_path, "d" * 16, "evaluating", 100)
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "rows" / ("d" * 16 + ".json")).write_text("[]")
+    listed = {r["run_id"]: r["status"] for r in runs_in_progress(tmp_path)}
+    assert listed == {"a" * 16: "paused", "b" * 16: "evaluating"}
