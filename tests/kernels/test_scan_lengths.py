@@ -126,7 +126,7 @@ def test_gpu_every_length_to_70(layout, dtype, tol):
     # The default configuration (32-step checkpoints, so 31/32/33 and 63/64/65 cross them; on a GPU the
     # backward's register flip runs where the compiled layout fits), at a width with several groups.
     # Every case runs and every failure is reported, so one GPU call shows the whole pattern (which lengths,
-    # which outputs), not the first case that failed.
+    # which outputs), not the first case that failed; `pytest -s` prints each as it happens.
     failures = []
     for L in range(1, 71):
         for i, opts in enumerate(option_sets(L, layout)):
@@ -134,4 +134,5 @@ def test_gpu_every_length_to_70(layout, dtype, tol):
                 run_case(L, layout, opts, batch=2, dim=64, N=16, dtype=dtype, tol=tol, seed=1000 * i + L)
             except AssertionError as e:
                 failures.append(str(e).split(" (all:")[0])
+                print(f"FAILED {layout} {dtype}: {e}", flush=True)  # seen at once with -s, even if the call is cut
     assert not failures, f"{len(failures)} of 140 cases failed:\n" + "\n".join(failures)
