@@ -57,7 +57,8 @@ def in_progress_plot(runs: list[dict], out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(8, 4.2))
     for r in with_history:
         h = pd.DataFrame(r["history"])
-        label = f"{r.get('model', r['run_id'])} (lr {r.get('lr', '?')}, step {r['step']}/{r.get('steps', '?')})"
+        label = (f"{r.get('model', r['run_id'])} (seed {r.get('seed', '?')}, lr {r.get('lr', '?')}, "
+                 f"step {r['step']}/{r.get('steps', '?')})")
         ax.plot(h["step"], 100 * h["accuracy"], color=model_colour(str(r.get("model"))), label=label, lw=1.6)
     tasks = {r.get("task") for r in with_history}
     if len(tasks) == 1 and "config" in with_history[0]:

@@ -53,12 +53,15 @@ def evaluate_kept(run_folder: str | Path, overrides: list[str]) -> list[dict[str
     device = resolve_device(cfg.device)
     task, _ = build_task(cfg.task)
     model.to(device)
-    autocast = autocast_factory(device, kept["precision"] if device.type == "cuda" else "fp32")
+    precision = kept["precision"] if device.type == "cuda" else "fp32"  # no bf16 autocast on the CPU
+    autocast = autocast_factory(device, precision)
     path = rows_file_of(run_folder, kept["run_id"])
     existing = read_rows(path) if path.exists() else []
     base = {k: v for k, v in existing[0].items() if not k.startswith("eval") and k not in
             ("status", "error", "accuracy", "loss")} if existing else {"run_id": kept["run_id"]}
+    # `precision` stays the training's (it is part of the run's configuration); eval_precision is this evaluation's
     stamp = {"evaluated_by": "ssmbench-eval", "evaluated_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+             "eval_precision": precision,
              **{f"eval_{k}": v for k, v in environment(device).items()}}
     new_rows = []
     for L in lengths:

@@ -137,6 +137,7 @@ def test_kept_model_is_evaluated_at_new_lengths(tmp_path):
     row32 = next(r for r in rows if r["eval_len"] == 32)
     assert row32["accuracy"] == before[0]["accuracy"]  # same held-out data as at the end of training
     assert row32["evaluated_by"] == "ssmbench-eval" and row32["model"] == "transformer"
+    assert row32["eval_precision"] == "fp32"  # what this evaluation ran in, beside the training's `precision`
     assert all(0 <= r["accuracy"] <= 1 and not math.isnan(r["accuracy"]) for r in rows)
 
 
