@@ -9,14 +9,18 @@ A step here is exactly the training loop's: a fresh batch sampled on the device,
 AdamW, schedule (ssmbench.step.TrainStep). Each measurement runs `--warmup` steps (graph capture included), then
 `--repeats` timed blocks of `--steps` steps with the device synchronised at the block's ends only; the row holds
 the median block's ms/step. Several processes sharing one GPU are measured by starting several of these at once
-with their own `--tag` (scripts/trainbench_gpu.sh does it); the summary puts them side by side.
+with their own `--tag kN-pI` and one `--barrier` folder (scripts/trainbench_share.sh does it, time-sliced and
+under MPS): each process builds and warms up, then waits at the barrier until all N are ready, so that their
+timed blocks overlap. The summary puts them beside the process alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -56,10 +60,40 @@ def build_step(overrides: list[str], mode: str):
     return p, model, step, lambda: p.task.sample(p.trainer.batch_size, None, gen)
 
 
-def bench_one(overrides: list[str], mode: str, steps: int, warmup: int, repeats: int) -> dict:
+def sharing_of(tag: str) -> tuple[int, str]:
+    """`kN-pI` -> (N, "time-sliced"); `kN-pI-mps` -> (N, "MPS"); anything else -> (1, "alone")."""
+    m = re.fullmatch(r"k(\d+)-p\d+(-mps)?", tag or "")
+    if not m:
+        return 1, "alone"
+    return int(m.group(1)), "MPS" if m.group(2) else "time-sliced"
+
+
+def wait_at_barrier(folder: Path, name: str, tag: str, parties: int, timeout_s: float = 600.0) -> None:
+    """Mark this process ready in `folder`, then wait until `parties` processes are: the k processes sharing the
+    GPU then time overlapping blocks, not one another's compilation."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.{tag}.ready").touch()
+    deadline = time.monotonic() + timeout_s
+    while len(list(folder.glob(f"{name}.*.ready"))) < parties:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"barrier {folder}: {parties} processes expected for {name}, "
+                               f"{len(list(folder.glob(f'{name}.*.ready')))} came within {timeout_s:.0f} s")
+        time.sleep(0.05)
+
+
+def bench_one(overrides: list[str], mode: str, steps: int, warmup: int, repeats: int,
+              barrier=None) -> dict:
+    """barrier: None, or a callable run after the warm-up steps, before the timed blocks."""
     p, model, step, next_batch = build_step(overrides, mode)
     bs = p.trainer.batch_size
     reset_peak_memory(p.device)
+    if barrier is not None:
+        for _ in range(warmup):
+            step(next_batch())
+        if p.device.type == "cuda":
+            torch.cuda.synchronize(p.device)
+        barrier()
+        warmup = 1
     blocks_ms = wall_ms(lambda: step(next_batch()), p.device, warmup=warmup, repeats=repeats,
                         calls=steps)
     ms = statistics.median(blocks_ms)
@@ -81,8 +115,14 @@ def run(args) -> list[dict]:
                 continue
             for mode in args.modes:
                 base = {"experiment": exp, "model": name, "mode_asked": mode, "tag": args.tag}
+                barrier = None
+                if args.barrier:
+                    parties = sharing_of(args.tag)[0]
+                    barrier = (lambda n=f"{exp}-{name}-{mode}": wait_at_barrier(Path(args.barrier), n, args.tag,
+                                                                                 parties))
                 try:
-                    row = {**base, **bench_one(overrides + args.override, mode, args.steps, args.warmup, args.repeats)}
+                    row = {**base, **bench_one(overrides + args.override, mode, args.steps, args.warmup, args.repeats,
+                                               barrier)}
                 except Exception as e:  # one model failing must not cost the others' numbers
                     row = {**base, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
                 if env is None:
@@ -116,10 +156,18 @@ def summarize(folder: Path) -> str:
             lines.append(f"- {r['experiment']} {r['model']}: {r['step_mode_reason']}")
     shared = df[df["tag"].fillna("").str.startswith("k")]
     if len(shared):
-        shared = shared.assign(k=shared["tag"].str.extract(r"k(\d+)")[0].astype(int))
-        agg = shared.groupby(["experiment", "model", "mode_asked", "k"]).agg(
+        kinds = shared["tag"].map(sharing_of)
+        shared = shared.assign(k=[k for k, _ in kinds], sharing=[how for _, how in kinds])
+        agg = shared.groupby(["experiment", "model", "mode_asked", "sharing", "k"]).agg(
             ms_per_step=("ms_per_step", "median"), runs=("ms_per_step", "size")).reset_index()
         agg["steps/s, all runs"] = agg["runs"] * 1e3 / agg["ms_per_step"]
+        # The issue's measure: the wall time of k runs against one run alone (k runs of S steps each take
+        # ms_per_step * S when they overlap): 1.0 = free, k = no overlap at all.
+        alone = solo.set_index(["experiment", "model", "mode_asked"])["ms_per_step"] if len(solo) else None
+        if alone is not None:
+            keys = list(zip(agg["experiment"], agg["model"], agg["mode_asked"]))
+            agg["wall of k runs / one run"] = [ms / alone.get(key, float("nan")) for ms, key in
+                                               zip(agg["ms_per_step"], keys)]
         lines += ["", "## k processes sharing the GPU (median ms/step of one process)", "",
                   agg.round(3).to_markdown(index=False), ""]
     text = "\n".join(lines) + "\n"
@@ -135,7 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--tag", default="", help="kN-pI for process I of N sharing the GPU")
+    ap.add_argument("--tag", default="", help="kN-pI for process I of N sharing the GPU (kN-pI-mps under MPS)")
+    ap.add_argument("--barrier", default="", help="folder where the N processes of a kN tag wait for one another "
+                    "after warm-up, so their timed blocks overlap")
     ap.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every run")
     ap.add_argument("--out", default="", help="folder for this process's rows (<tag or solo>.json)")
     ap.add_argument("--summarize", default="", help="write summary.md and rows.csv of FOLDER/rows and exit")

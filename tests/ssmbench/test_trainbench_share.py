@@ -1,0 +1,47 @@
+"""ssmbench-trainbench with several processes sharing a GPU: tags, the start barrier, the summary's ratios."""
+
+import json
+import threading
+
+import pytest
+
+from ssmbench.perf.training import sharing_of, summarize, wait_at_barrier
+
+
+def test_tags_name_the_sharing():
+    assert sharing_of("k8-p3-mps") == (8, "MPS")
+    assert sharing_of("k2-p0") == (2, "time-sliced")
+    assert sharing_of("") == (1, "alone") and sharing_of("solo") == (1, "alone")
+
+
+def test_barrier_releases_all_parties_together_and_times_out_alone(tmp_path):
+    done = []
+    threads = [threading.Thread(target=lambda i=i: (wait_at_barrier(tmp_path, "x", f"k3-p{i}", 3), done.append(i)))
+               for i in range(3)]
+    for t in threads[:2]:
+        t.start()
+    threads[0].join(0.3)
+    assert done == []  # two of three are ready: nobody starts timing
+    threads[2].start()
+    for t in threads:
+        t.join(5)
+    assert sorted(done) == [0, 1, 2]
+    with pytest.raises(TimeoutError, match="2 processes expected for y, 1 came"):
+        wait_at_barrier(tmp_path, "y", "k2-p0", 2, timeout_s=0.2)
+
+
+def _row(tag, ms):
+    return {"experiment": "induction", "model": "mamba", "mode_asked": "graphs", "tag": tag, "ms_per_step": ms,
+            "device": "gpu", "torch": "2", "triton": "3", "commit": "abc", "step_mode_reason": ""}
+
+
+def test_summary_sets_shared_runs_beside_the_run_alone(tmp_path):
+    rows = [_row("", 1.0)] + [_row(f"k4-p{i}", 4.0) for i in range(4)] + [_row(f"k4-p{i}-mps", 1.5) for i in range(4)]
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "rows" / "all.json").write_text(json.dumps(rows))
+    text = summarize(tmp_path)
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()
+             if line.startswith("| induction")]
+    by_sharing = {c[3]: c for c in cells}
+    assert set(by_sharing) == {"MPS", "time-sliced"}
+    assert by_sharing["MPS"][-1] == "1.5" and by_sharing["time-sliced"][-1] == "4"  # wall of 4 runs / one run
