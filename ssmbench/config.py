@@ -2,11 +2,14 @@
 
 Every group has a dataclass schema, so Hydra rejects a mistyped key or a wrong type before any work starts,
 naming the key (`task.seq_lenn`, `trainer.lr=fast`). Values are then checked by the objects themselves
-(a task's constructor, the model registry, `validate_trainer`), again naming the key.
+(a task's constructor, the model registry, `validate_trainer`), again naming the key. A task's schema is not
+written here: `task_schema` derives it from the task's own dataclass, for every task in `ssmbench.tasks.TASKS`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -14,47 +17,46 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from ssmbench.models.lm import ModelConfig
+from ssmbench.tasks import TASKS, task_target
 
 
-# ---- tasks: one schema per generator; the fields are the generator's constructor arguments ----------------
+# ---- tasks: one schema per generator, derived from the generator's own dataclass ----------------------------
 @dataclass
 class TaskConfig:
     _target_: str = MISSING
     name: str = MISSING
 
 
-@dataclass
-class SelectiveCopyConfig(TaskConfig):
-    _target_: str = "ssmbench.tasks.SelectiveCopying"
-    name: str = "selective_copy"
-    seq_len: int = 256
-    vocab_size: int = 16
-    n_data: int = 16
-    selective: bool = True
+def task_schema(name: str, cls: type) -> type:
+    """The structured-config schema of task `name`: a TaskConfig whose `_target_` is the class's import path
+    (`ssmbench.tasks.task_target`) and `name` is `name`, followed by the class's dataclass fields with their
+    types and defaults (a field without a default is MISSING: the task's yaml must set it). Hydra then rejects
+    a key the task does not take, or a value of the wrong type, naming `task.<key>` and the schema
+    `<Class>Config`."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"task {name!r}: {cls.__qualname__} must be a dataclass (its fields are the config keys)")
+    hints = typing.get_type_hints(cls)
+    fields: list[tuple] = [("_target_", str, field(default=task_target(cls))), ("name", str, field(default=name))]
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.name in ("_target_", "name"):
+            raise TypeError(f"task {name!r}: {cls.__qualname__} has a field {f.name!r}, which the config keeps for "
+                            "itself")
+        if f.default is not dataclasses.MISSING:
+            spec = field(default=f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            spec = field(default_factory=f.default_factory)
+        else:
+            spec = field(default=MISSING)
+        fields.append((f.name, hints[f.name], spec))
+    return dataclasses.make_dataclass(f"{cls.__name__}Config", fields, bases=(TaskConfig,),
+                                      namespace={"__module__": __name__})
 
 
-@dataclass
-class CopyConfig(SelectiveCopyConfig):
-    _target_: str = "ssmbench.tasks.Copying"
-    name: str = "copy"
-    selective: bool = False
-
-
-@dataclass
-class InductionConfig(TaskConfig):
-    _target_: str = "ssmbench.tasks.InductionHeads"
-    name: str = "induction"
-    seq_len: int = 256
-    vocab_size: int = 16
-
-
-@dataclass
-class MQARConfig(TaskConfig):
-    _target_: str = "ssmbench.tasks.MultiQueryAR"
-    name: str = "mqar"
-    seq_len: int = 256
-    vocab_size: int = 256
-    n_pairs: int = 16
+def task_schemas() -> dict[str, type]:
+    """name -> schema for every task in the registry (`ssmbench.tasks.TASKS`), at the time of the call."""
+    return {name: task_schema(name, cls) for name, cls in TASKS.items()}
 
 
 # ---- training and evaluation -------------------------------------------------------------------------------
@@ -114,14 +116,10 @@ class Config:
     retry_failed: bool = False  # with resume, run again the runs whose rows record a failure
 
 
-TASK_SCHEMAS = {"selective_copy": SelectiveCopyConfig, "copy": CopyConfig, "induction": InductionConfig,
-                "mqar": MQARConfig}
-
-
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    for name, schema in TASK_SCHEMAS.items():
+    for name, schema in task_schemas().items():
         cs.store(group="task", name=f"{name}_schema", node=schema)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
