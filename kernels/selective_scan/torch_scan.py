@@ -21,29 +21,11 @@ How it is computed:
   an inf * 0. The quadratic ("attention-like") chunk form is not used: A is [dim, N], so the decays
   exp(S_t - S_s) differ per state and would need [batch, dim, N, T, T] per chunk, T times the work of a scan.
 
-Measured on the CPU (2-core shared AMD EPYC VM, AVX-512, torch 2.13; fp32, batch 32, dim 128, N 16, L 256,
-B/C [batch, N, L], with D, z, delta_bias, softplus; forward of y, and forward + backward of y.sum()).
-Single-thread CPU time, medians of interleaved runs; other jobs share the box, so +-20%:
-    reference loop                         forward  65 ms   forward+backward 13500 ms (its backward writes a
-                                                            full [batch, dim, N, L] gradient for each step's
-                                                            slice of the expanded B and C)
-    sequential, T = 8 (the default here)   forward  50 ms   forward+backward   160-185 ms
-    sequential, T = 16 / 32 / 64 / 256     forward 50-70 ms forward+backward   215 / 240 / 300 / 345 ms
-    doubling (Hillis-Steele), T = 8 / 16   forward 80-140   forward+backward   630 / 700 ms
-    factorised exp(S)*cumsum(exp(-S)x), 16 forward 210 ms   forward+backward   610-770 ms (and unstable)
-    same as the default with a hand-written backward (custom autograd.Function: reverse scan, with or
-    without recomputing chunks): 165-250 ms, no faster, so plain autograd stays.
-  Two threads, wall clock, the default: forward 31-50 ms, forward+backward 120-155 ms (above the ~100 ms hoped
-  for). The floor is memory traffic: each elementwise pass over the 16.7M batch*dim*N*L states costs 3-15 ms on
-  this box (exp ~0.9 ns/element on one thread), and forward + backward makes ~20 of them; only a fused kernel
-  (the Triton backend) avoids that. Chunks that fit in L2 matter: a pass over 64 MiB of fresh memory costs
-  3-4x one over 2 MiB reused.
-On one H200 (torch 2.11, fp32, forward+backward, medians of 10; same inputs as above):
-    batch 32, dim 128, N 16, L 256:   doubling T=128 (default) 9-9.5 ms (forward 1.6-2.0); T=64 13.7;
-                                      sequential 37; reference 102
-    batch 8, dim 1536, N 16, L 2048:  doubling T=64 (default) 161-167 ms, 21 GiB peak (autograd keeps all
-                                      log2(T) levels); T=128 172; sequential 262 ms, 5.9 GiB
-    batch 1, dim 64, N 16, L 65536:   doubling T=512 (default) 470-570 ms; T=128 1713; sequential 7900
+Defaults, from timings of every variant on a 2-core CPU and an H200 (numbers in results/kernels/README.md):
+"sequential" with short chunks on the CPU, "doubling" with longer ones on GPUs. Plain autograd: a hand-written
+backward (a reverse scan, with or without recomputing chunks) was no faster. The floor is memory traffic: every
+elementwise pass reads and writes all batch*dim*N*L states and forward + backward makes ~20 of them, so chunks
+sized to stay in cache matter, and only a fused kernel (the Triton backend) avoids the passes.
 """
 
 from __future__ import annotations
@@ -64,7 +46,8 @@ def _default_inner_scan(device: torch.device) -> str:
 
 
 def _default_chunk_size(inner_scan: str, states_per_step: int, L: int) -> int:
-    """Chunk length from the number of states a step updates (batch * dim * N), from the timings above.
+    """Chunk length from the number of states a step updates (batch * dim * N), from the timings in
+    results/kernels/README.md.
     Sequential (CPU): ~2**19 states a chunk (2 MiB of fp32, about one core's L2), 8 to 256 steps; small
     batch*dim*N (very long L) gets long chunks, so fewer Python iterations outside the step loop.
     Doubling (GPU): ~2**23 states a chunk, 64 to 512 steps: long chunks mean fewer launches, which is what

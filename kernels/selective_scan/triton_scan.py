@@ -13,7 +13,8 @@ plus one fp32 state checkpoint every CHUNK steps ([batch, dim, ceil(L/CHUNK), N]
 third of the bytes of bf16 u, delta, z at CHUNK=32, N=16); the [batch, dim, L, N] states never exist in memory.
 
 Backward, per block from last to first: recompute the block's states from its checkpoint, then a reverse
-scan (on a GPU: a forward scan of the block reversed in registers, see _flip_steps) gives the state adjoint lam_t = C_t gy_t + a_{t+1} lam_{t+1} (gy = dout silu(z)), and from it
+scan (on a GPU: a forward scan of the block reversed in registers, see _flip_steps) gives the state adjoint
+lam_t = C_t gy_t + a_{t+1} lam_{t+1} (gy = dout silu(z)), and from it
     dB_t = sum_d lam_t dt_t u_t        dC_t = sum_d gy_t h_t        dA = sum_t lam_t a_t h_{t-1} dt_t
     d(dt)_t = sum_n lam_t (a_t h_{t-1} A + u_t B_t)      du_t = dt_t sum_n lam_t B_t + D gy_t
 with a_t h_{t-1} = h_t - x_t. dB/dC of shared (time-varying) B/C are summed over channels with fp32 atomics;
@@ -48,12 +49,11 @@ LAST_LAUNCH: dict = {}
 class ScanConfig:
     """Launch parameters. chunk = checkpoint interval = the backward's block length. The forward block
     length must divide chunk or be a multiple of it. Defaults: the best of the sweeps in
-    scripts/bench_kernels.py on an H200 (results/kernels/): one warp per program wins, since a program's tile
-    then needs no cross-warp barriers and many programs share an SM. chunk 32: since the backward's reverse scan
-    runs through register flips its [N, 32] tiles fit in 167 registers without spills (12 warps per SM instead
-    of 8 at 255), and the backward took 2.27 / 2.68 ms against 2.71 / 4.05 ms with chunk 64 (paper config at
-    L = 32768 / batch 8, dim 1536, L = 4096; regs_bwd section). The price: twice the checkpoints, 4N bytes
-    per channel every 32 steps."""
+    scripts/bench_kernels.py on an H200 (numbers in results/kernels/README.md): one warp per program wins, since
+    a program's tile then needs no cross-warp barriers and many programs share an SM. chunk 32: since the
+    backward's reverse scan runs through register flips, its [N, 32] tiles fit in the registers without spills
+    (more warps per SM than at chunk 64), and the backward is faster for it. The price: twice the checkpoints,
+    4N bytes per channel every 32 steps."""
     block_l_fwd: int = 128
     warps_fwd: int = 1
     chunk: int = 32
@@ -63,16 +63,13 @@ class ScanConfig:
     target_warps_per_sm: int = 128  # long path: split until this many warps per SM are resident
     # A forward without autograd stores no checkpoints, only (when asked) the final state. Which of the two
     # compiled variants is faster depends on the grid, a code-generation effect measured on an H200
-    # (results/kernels/breakdown/fwd_variants.md, ms, L = 32768 / 8192 / 4096 / 2048):
-    #   programs per SM         8      31     93    993
-    #   final state stored    0.661  0.677  0.986  5.07
-    #   nothing stored        0.891  0.705  0.945  4.46
-    # so below this many programs per SM the final state is stored even when nobody asked for it.
+    # (results/kernels/breakdown/fwd_variants.md): storing the final state was faster on grids of few programs
+    # per SM, so below this many programs per SM it is stored even when nobody asked for it.
     nograd_store_last_below_programs_per_sm: int = 64
     # Caps on registers per thread (ptxas maxrregcount; None: the compiler's choice). Timed on an H200
-    # (`scripts/bench_kernels.py --sections regs,regs_bwd`, results/kernels/regs/): no cap won anywhere but by
-    # noise; capped below what the compiler takes, both kernels spill and slow down (forward at 168: 1.11 vs
-    # 0.77 ms at L = 32768).
+    # (`scripts/bench_kernels.py --sections regs,regs_bwd`, results/kernels/regs/, summed up in
+    # results/kernels/README.md): no cap won anywhere but by noise; capped below what the compiler takes, both
+    # kernels spill and slow down.
     maxnreg_fwd: int | None = None
     maxnreg_bwd: int | None = None
 
@@ -195,9 +192,9 @@ def _carry(K, loc, dsum, A, init, out, reverse):
 def _n_copies(one_bytes: int, dims_per_group: int, u: torch.Tensor) -> int:
     """Copies of the fp32 dB/dC accumulators for the atomics. With one copy, the channels of a group, which
     run side by side, add into the same few addresses at the same moment, and at short L this contention
-    dominated the backward (~0.9 ms at any L <= 4096 in the paper config on an H200). Up to 16 copies, within
-    max(8 MiB, 4% of u's bytes) of extra memory so the peak-memory budget holds at long L (at L = 2^16 in the
-    paper config, where one copy is 8 MiB, a second copy and its sum put the peak at 1.209x instead of ~1.19x)."""
+    dominated the backward. Up to 16 copies, within max(8 MiB, 4% of u's bytes) of extra memory so the
+    peak-memory target (1.2x) holds at long L: at L = 2^16 in the paper config one copy is 8 MiB, and a second
+    copy would pass the budget. Measurements: results/kernels/README.md."""
     budget = max(8 * 2**20, u.numel() * u.element_size() // 25)
     return int(max(1, min(16, dims_per_group, budget // max(one_bytes, 1))))
 

@@ -1,16 +1,18 @@
 """Triton kernels of the fused selective scan. Loaded through triton_util.load_kernels; see triton_scan.py
 for the math, the layouts and the launch logic.
 
-A program owns one channel and works on [BLOCK_N states, BLOCK_L steps] tiles. (Blocks of several channels as
-3-D tiles were tried first: Triton gives 3-D tensors without a load to anchor them its default layout, which
-spreads L over all 128 threads, and the scans then cost ~5x the shuffles; the 2-D tiles inherit the B-load
-layout, 8 contiguous steps per thread along L and warps along N.) All arithmetic is fp32; inputs are cast on
-load and outputs cast on store.
+A program owns (batch b, channel d, segment s) and walks the segment's steps in blocks of BLOCK_L, carrying the
+state (forward) or the adjoint (backward) from block to block, on [BLOCK_N states, BLOCK_L steps] tiles. With
+one segment per channel (the default) a segment is the whole sequence; the long-sequence path cuts L into
+several segments and stitches them with `carry_kernel`. All arithmetic is fp32; inputs are cast on load and
+outputs cast on store.
 
-A program owns (batch b, channel d, segment s) and walks the segment's steps in blocks of BLOCK_L,
-carrying the state (forward) or the adjoint (backward) from block to block. With one segment per channel
-(the default) a segment is the whole sequence; the long-sequence path cuts L into several segments and
-stitches them with `carry_kernel`.
+One channel per program, 2-D tiles: the tiles inherit the layout of the B/C loads (consecutive steps of L
+within a thread, warps along N). Triton gives 3-D tiles of several channels, which no load anchors, a default
+layout that spreads L over all the program's threads, and their scans cost several times the shuffles. The
+backward loads B and C as 4-step vectors, the width of its fp32 dB/dC atomics, so that all its tiles share one
+layout (4 consecutive steps per thread), the one `_flip_steps` is written for. Measurements:
+results/kernels/README.md.
 """
 
 import triton
