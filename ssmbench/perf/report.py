@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ssmbench.plots import model_colour, save_figure
 from ssmbench.results import load_all
 
 FUSED = "selective_scan:triton"
@@ -94,6 +95,28 @@ def _cell(g: pd.DataFrame) -> str:
 
 
 OP_ORDER = ("selective_scan", "attention", "s4_fft_conv", "causal_conv1d")
+
+
+# One colour family per op (scan: black/orange, attention: blues, S4 FFT conv: greens, conv1d: purples), one shade
+# per backend, fixed here so a backend keeps its colour in every figure and every run of the profiler. The fused
+# Triton scan (this project's kernel) is the thick black line; the official kernel's times, dashed grey.
+IMPL_COLOURS = {
+    "selective_scan:triton": "#000000", "selective_scan:mamba_ssm": "#636363", "selective_scan:torch": "#e6550d",
+    "selective_scan:reference": "#fdae6b",
+    "attention:sdpa_flash": "#08519c", "attention:sdpa_cudnn": "#3182bd", "attention:sdpa_efficient": "#6baed6",
+    "attention:sdpa_math": "#9ecae1",
+    "s4_fft_conv:s4d_layer": "#006d2c", "s4_fft_conv:torch_fft": "#74c476",
+    "causal_conv1d:triton": "#54278f", "causal_conv1d:torch": "#9e9ac8",
+}
+
+
+def impl_style(impl: str) -> dict:
+    """Line keywords for one op:backend series (a "(ref csv)" suffix marks times read from the reference CSV)."""
+    base = impl.replace(" (ref csv)", "")
+    colour = IMPL_COLOURS.get(base) or model_colour(base)  # unknown backends: a stable hashed colour
+    ref = base != impl
+    return {"color": colour, "lw": 2.8 if base == FUSED else 1.5, "ls": "--" if ref or base.endswith("mamba_ssm")
+            else "-", "marker": "x" if ref else "o", "ms": 4}
 
 
 def _impl_order(impl: str):
@@ -181,26 +204,21 @@ def plot_time_vs_length(df: pd.DataFrame, out: Path, title: str) -> Path | None:
     passes = [p for p in ("fwd", "fwdbwd") if p in set(ok["pass"])]
     fig, axes = plt.subplots(1, len(passes), figsize=(7.5 * len(passes), 5.2), squeeze=False)
     impls = sorted(ok["impl"].unique(), key=_impl_order)
-    others = [c for c in impls if c != FUSED]
-    palette = dict(zip(others, sns.color_palette("tab10" if len(others) <= 10 else "husl", len(others))))
-    palette[FUSED] = (0.0, 0.0, 0.0)
     for ax, pas in zip(axes[0], passes):
         d = ok[ok["pass"] == pas]
         for impl in impls:
             g = d[d["impl"] == impl].groupby("seq_len")["time_ms"].median()
             if g.empty:
                 continue
-            ax.plot(g.index, g.values, marker="o" if "(ref csv)" not in impl else "x", ms=4,
-                    lw=2.6 if impl == FUSED else 1.4, ls="--" if "(ref csv)" in impl else "-",
-                    color=palette[impl], label=impl)
+            ax.plot(g.index, g.values, label=impl, **impl_style(impl))
         oom = df[(df["pass"] == pas) & (df["status"] == "oom") & ~df["error"].astype(str).str.startswith("not run")]
         for _, r in oom.iterrows():
-            ax.annotate("oom", (r["seq_len"], ax.get_ylim()[1]), fontsize=7, color=palette.get(r["impl"], "k"),
+            ax.annotate("oom", (r["seq_len"], ax.get_ylim()[1]), fontsize=7, color=impl_style(r["impl"])["color"],
                         ha="center", va="top")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_xlabel("sequence length L")
-        ax.set_ylabel("time (ms, median)")
+        ax.set_xlabel("sequence length L (tokens, log2 scale)")
+        ax.set_ylabel("time (ms, median, log scale)")
         ax.set_title({"fwd": "forward", "fwdbwd": "forward + backward"}[pas])
     handles, labels = axes[0][0].get_legend_handles_labels()
     for ax in axes[0][1:]:
@@ -209,13 +227,10 @@ def plot_time_vs_length(df: pd.DataFrame, out: Path, title: str) -> Path | None:
             if ll not in labels:
                 handles.append(hh)
                 labels.append(ll)
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=10, title="op:backend")
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def kernel_report(df: pd.DataFrame, folder: Path, official: str | None = None) -> list[str]:
@@ -384,38 +399,44 @@ def plot_generation(df: pd.DataFrame, folder: Path) -> list[Path]:
     if ok.empty:
         return []
     ok["series"] = ok["model"] + " (" + ok["cuda_graph"].map(_mode) + ")"
-    ok["batch_label"] = ok["batch"].astype(int).astype(str)
-    order = [str(b) for b in sorted(df["batch"].astype(int).unique())]
-    series = sorted(ok["series"].unique())  # per model: eager, graph -> a light and a dark shade of one hue
-    colors = dict(zip(series, sns.color_palette("Paired", len(series))))
+    series = sorted(ok["series"].unique())
+    # One colour per model (the training plots' colours), solid for the CUDA-graph decode, dashed for eager.
+    styles = {s_: {"color": model_colour(s_.split(" (")[0]), "ls": "-" if s_.endswith("(graph)") else "--"}
+              for s_ in series}
     dev = ", ".join(sorted(df["device"].dropna().unique())) if "device" in df else ""
     first = df.iloc[0]
     paths = []
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    oom = df[df["status"] == "oom"]
     for ax, (col, label) in zip(axes, (("tokens_per_s", "end to end (prefill + decode)"),
                                        ("decode_tokens_per_s", "decode phase only"))):
-        sns.barplot(data=ok, x="batch_label", y=col, hue="series", order=order, hue_order=series, palette=colors,
-                    ax=ax)
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("tokens / s")
+        for s_ in series:
+            g = ok[ok["series"] == s_].groupby("batch")[col].median()
+            ax.plot(g.index, g.values, marker="o", ms=4, lw=1.8, label=s_, **styles[s_])
+        for model, g in oom.groupby("model"):  # at the foot of the axes (x in data, y in axes fraction)
+            ax.plot(sorted(g["batch"].unique()), [0.03] * g["batch"].nunique(), "x", ms=8, mew=2,
+                    color=model_colour(model), transform=ax.get_xaxis_transform(), clip_on=False,
+                    label=f"{model}: out of memory")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")  # batch 1 and batch 1024 differ by ~1000x: a linear axis hides the small batches
+        ax.set_xlabel("batch size (sequences, log2 scale)")
+        ax.set_ylabel("throughput (generated tokens / s, log scale)")
         ax.set_title(label, fontsize=10)
-        for (model, b), g in df[df["status"] == "oom"].groupby(["model", "batch"]):
-            if str(int(b)) in order:
-                ax.annotate(f"{model}: oom", (order.index(str(int(b))), 0), rotation=90, fontsize=7,
-                            ha="center", va="bottom")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9, handlelength=3.5)
     fig.suptitle(f"Generation throughput: prompt {int(first['prompt_len'])}, generate {int(first['gen_len'])} "
                  f"— {dev}", fontsize=10)
     fig.tight_layout()
-    paths.append(folder / "plots" / "throughput.png")
-    paths[-1].parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, folder / "plots" / "throughput.png"))
 
     mem = ok.assign(gib=ok["peak_mem_bytes"] / 2**30)
     if mem["gib"].notna().sum() == 0:  # CPU runs have no allocator peak
         return paths
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.lineplot(data=mem, x="batch", y="gib", hue="series", hue_order=series, palette=colors, marker="o", ax=ax)
+    for s_ in series:
+        g = mem[mem["series"] == s_].groupby("batch")["gib"].median()
+        ax.plot(g.index, g.values, marker="o", ms=4, lw=1.8, label=s_, **styles[s_])
+    ax.legend(fontsize=9)
     total = df["device_mem_bytes"].dropna() if "device_mem_bytes" in df else pd.Series(dtype=float)
     if len(total):
         ax.axhline(total.iloc[0] / 2**30, color="grey", ls=":", lw=1)
@@ -426,9 +447,7 @@ def plot_generation(df: pd.DataFrame, folder: Path) -> list[Path]:
     ax.set_ylabel("peak memory (GiB)")
     ax.set_title(f"Peak memory during generation — {dev}", fontsize=10)
     fig.tight_layout()
-    paths.append(folder / "plots" / "memory.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, folder / "plots" / "memory.png"))
     return paths
 
 
