@@ -39,8 +39,8 @@ import torch.nn.functional as F
 import triton
 
 from ssmbench.env import git_commit
-from ssmbench.kernels.selective_scan.example_inputs import paper_scan_inputs
 from ssmbench.kernels.selective_scan import triton_scan as ts
+from ssmbench.kernels.selective_scan.example_inputs import paper_scan_inputs
 from ssmbench.kernels.selective_scan.triton_scan import ScanConfig, selective_scan_triton
 from ssmbench.perf.timing import clear_grads, cuda_peak, do_bench_median
 
@@ -80,7 +80,7 @@ def env_info():
 def copy_bandwidth():
     x = torch.empty(2 * 1024**3 // 4, dtype=torch.float32, device=DEV).normal_()
     y = torch.empty_like(x)
-    ms = bench(lambda: y.copy_(x))
+    ms = bench(lambda src=x, dst=y: dst.copy_(src))
     bw = 2 * x.numel() * 4 / ms / 1e9  # TB/s
     row(section="copy", op="copy", bytes=2 * x.numel() * 4, ms=ms, tbps=bw)
     del x, y
@@ -272,7 +272,7 @@ def regs(forward=True):
                                           block_l_fwd=bl)
                 for store in (True, False):
                     try:
-                        ms = bench(lambda: ts._fwd(*args, True, cfg, tw is not None, store, not store))
+                        ms = bench(lambda a=args: ts._fwd(*a, True, cfg, tw is not None, store, not store))
                     except Exception as e:  # out of resources etc.
                         log(f"  fwd cap {cap}: {type(e).__name__} {str(e)[:100]}")
                         continue
@@ -302,7 +302,7 @@ def split():
         for tw in (None, 16, 24, 32, 64):
             cfg = dataclasses.replace(ts.DEFAULT_CONFIG, target_warps_per_sm=tw or 128)
             forced = tw is not None
-            ms = bench(lambda: ts._fwd(*args, True, cfg, forced, True))
+            ms = bench(lambda a=args: ts._fwd(*a, True, cfg, forced, True))
             row(section="split", pass_="fwd", B=B, D=D, L=L, target_warps_per_sm=tw or 0,
                 segments=ts.LAST_LAUNCH["fwd_segments"], ms=ms)
             msb = time_bwd(args, dout, cfg, long_sequence=forced)
@@ -394,7 +394,7 @@ def write(out: Path, env):
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(ROWS)
-    lines = [f"# Kernel benchmark\n", f"{env['gpu']} | torch {env['torch']} | triton {env['triton']} | "
+    lines = ["# Kernel benchmark\n", f"{env['gpu']} | torch {env['torch']} | triton {env['triton']} | "
              f"CUDA {env['cuda']} | {env['date']}\n", "Median ms (triton.testing.do_bench). `official_ms`: "
              "mamba_ssm CUDA kernel, same GPU model, other process (../shared/reference).\n"]
     sections = []

@@ -13,7 +13,6 @@ import collections
 import csv
 import gzip
 import re
-import sys
 
 HEADLINES = ("Duration", "Registers Per Thread", "Achieved Occupancy", "Issue Slots Busy", "No Eligible",
              "Executed Instructions", "Local Memory Spilling Requests", "L1/TEX Cache Throughput",

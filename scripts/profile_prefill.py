@@ -38,7 +38,7 @@ def main():
         prompt = torch.randint(0, GenerationConfig.vocab_size, (args.batch, args.prompt), device=dev)
         with torch.inference_mode():
             dec.prefill(prompt)  # compile / warm up
-            ms = cuda_event_ms(lambda: dec.prefill(prompt), dev)
+            ms = cuda_event_ms(lambda d=dec: d.prefill(prompt), dev)
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 dec.prefill(prompt)
                 torch.cuda.synchronize()
@@ -56,7 +56,8 @@ def main():
         env = environment(dev)
         head = (f"{env['device']} | torch {env['torch']} | triton {env['triton']} | CUDA {env.get('cuda')} | "
                 f"commit {env['commit']} | {time.strftime('%Y-%m-%d')}")
-        (Path(args.out) / "prefill_profile.md").write_text("# Prefill profile\n\n" + head + "\n" + "\n".join(lines) + "\n")
+        text = "# Prefill profile\n\n" + head + "\n" + "\n".join(lines) + "\n"
+        (Path(args.out) / "prefill_profile.md").write_text(text)
 
 
 if __name__ == "__main__":

@@ -35,10 +35,10 @@ import triton
 import triton.language as tl
 
 from ssmbench.env import git_commit
-from ssmbench.kernels.selective_scan.example_inputs import paper_scan_inputs
 from ssmbench.kernels.selective_scan import triton_scan as ts
 from ssmbench.kernels.selective_scan import triton_util as tu
-from ssmbench.kernels.selective_scan.triton_scan import ScanConfig, selective_scan_triton
+from ssmbench.kernels.selective_scan.example_inputs import paper_scan_inputs
+from ssmbench.kernels.selective_scan.triton_scan import selective_scan_triton
 from ssmbench.perf.timing import do_bench_median, wall_ms
 
 DEV = "cuda"
@@ -250,7 +250,8 @@ def variants():
         for name, cfg in cfgs.items():
             rows.append(_fwdbwd_row(name, cfg, shapes))
             if cfg is base:
-                MD.extend(["\n## backward kernel layouts (TTGIR), default config\n", "```", *_bwd_layouts(ts._k()), "```"])
+                MD.extend(["\n## backward kernel layouts (TTGIR), default config\n", "```", *_bwd_layouts(ts._k()),
+                           "```"])
                 log("\n".join(MD[-6:]))
             if hasattr(ts._k().scan_bwd_kernel, "device_caches"):  # so the next row lists its own kernels
                 ts._k().scan_bwd_kernel.device_caches.clear()
@@ -271,9 +272,9 @@ def fwd_variants():
         args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
         cfg = ts.DEFAULT_CONFIG
         rows.append(dict(B=b, D=d, L=L, programs_per_sm=b * d / tu.num_sms(torch.device(DEV)),
-                         checkpoints=gpu_ms(lambda: ts._fwd(*args, True, cfg, None, True)),
-                         none=gpu_ms(lambda: ts._fwd(*args, True, cfg, None, False)),
-                         last_state_only=gpu_ms(lambda: ts._fwd(*args, True, cfg, None, False, True))))
+                         checkpoints=gpu_ms(lambda a=args: ts._fwd(*a, True, cfg, None, True)),
+                         none=gpu_ms(lambda a=args: ts._fwd(*a, True, cfg, None, False)),
+                         last_state_only=gpu_ms(lambda a=args: ts._fwd(*a, True, cfg, None, False, True))))
         del inp, args
         torch.cuda.empty_cache()
     table("fwd_variants: forward kernel ms by what it stores", rows)

@@ -14,8 +14,15 @@ from typing import Any
 
 import torch
 
-from .metrics import (Stopwatch, free_cached_memory, is_out_of_memory, loss_and_accuracy, peak_memory_bytes,
-                      reset_peak_memory, sample_memory)
+from .metrics import (
+    Stopwatch,
+    free_cached_memory,
+    is_out_of_memory,
+    loss_and_accuracy,
+    peak_memory_bytes,
+    reset_peak_memory,
+    sample_memory,
+)
 
 
 def eval_batch_size(seq_len: int, batch_size: int, max_tokens: int) -> int:

@@ -141,7 +141,8 @@ def write_comparison(df: pd.DataFrame, folder: Path) -> Path | None:
              "(oom, nan, error) where no run finished. Lines that differ in a setting other than the seed are "
              "kept apart, the setting named in the label. " + FEW_SCORED_NOTE, ""]
     for table, task, csv, title in (
-            (t1, "selective_copy", "paper_table1.csv", "Table 1: selective copying (accuracy % at the training length)"),
+            (t1, "selective_copy", "paper_table1.csv",
+             "Table 1: selective copying (accuracy % at the training length)"),
             (t11, "induction", "paper_table11.csv", "Table 11: induction heads (accuracy % by test length)")):
         if table.empty:
             continue

@@ -24,8 +24,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from .grouping import (FEW_SCORED_NOTE, MissingKey, choose_best, config_frame, key_values, score_spread, seed_stats,
-                       variant_labels)
+from .grouping import (
+    FEW_SCORED_NOTE,
+    MissingKey,
+    choose_best,
+    config_frame,
+    key_values,
+    score_spread,
+    seed_stats,
+    variant_labels,
+)
 from .paper import write_comparison
 from .plots import induction_extrapolation, learning_curves, line_styles, save_figure
 from .progress_report import write_in_progress
@@ -237,13 +245,15 @@ def write_report(folder: str | Path, by: tuple[str, ...] = (), best_over: str | 
         parts += ["## Efficiency (training at the training length)", "", eff.to_markdown(), ""]
     if not fails.empty:
         parts += ["## Runs that did not finish cleanly", "", fails.to_markdown(index=False), ""]
-    envs = df.drop_duplicates(["device", "torch", "triton", "commit"])[["device", "torch", "triton", "cuda", "commit"]] \
+    env_cols = ["device", "torch", "triton", "cuda", "commit"]
+    envs = df.drop_duplicates(["device", "torch", "triton", "commit"])[env_cols] \
         if "device" in df else pd.DataFrame()
     if not envs.empty:
         parts += ["## Environment", "", envs.to_markdown(index=False), ""]
     comparison = write_comparison(df, folder)
     if comparison is not None:
-        parts += ["## Beside the paper", "", f"Our numbers beside the Mamba paper's: [{comparison.name}]({comparison.name}).", ""]
+        parts += ["## Beside the paper", "",
+                  f"Our numbers beside the Mamba paper's: [{comparison.name}]({comparison.name}).", ""]
     plots = plot(df, folder / "plots")
     parts += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
     if in_progress:

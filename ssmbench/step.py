@@ -53,7 +53,8 @@ class Meters:
 
     def __init__(self, device: torch.device):
         z = lambda dtype: torch.zeros((), device=device, dtype=dtype)  # noqa: E731
-        self.loss_sum, self.correct, self.scored, self.count = z(torch.float32), z(torch.int64), z(torch.int64), z(torch.int64)
+        self.loss_sum, self.correct = z(torch.float32), z(torch.int64)
+        self.scored, self.count = z(torch.int64), z(torch.int64)
         self.last_loss, self.last_correct, self.last_scored = z(torch.float32), z(torch.int64), z(torch.int64)
         self.first_bad = torch.full((), -1, device=device, dtype=torch.int64)  # 0-based step of the first NaN/inf
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .config import TrainerConfig
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_progress
+from .config import TrainerConfig
 from .evaluate import evaluate_length
 from .metrics import peak_memory_bytes, reset_peak_memory, sample_memory, synchronize
 from .step import STEP_MODES, TrainStep

@@ -25,7 +25,8 @@ def _triton_reason(device: torch.device) -> str | None:
         return None
     if os.environ.get("TRITON_INTERPRET") == "1":
         return None
-    return f"inputs are on {device.type}; the Triton kernels need a CUDA device (or TRITON_INTERPRET=1, set before triton is first imported, to run them in the CPU interpreter)"
+    return (f"inputs are on {device.type}; the Triton kernels need a CUDA device (or TRITON_INTERPRET=1, set before "
+            "triton is first imported, to run them in the CPU interpreter)")
 
 
 def _mamba_ssm_reason(device: torch.device) -> str | None:

@@ -6,7 +6,8 @@
 Called at the top of the public dispatchers (`selective_scan`, `selective_state_update`) and of every backend
 entry that can be called directly (selective_scan_ref / _torch / _triton, selective_state_update_ref / _triton),
 so that all of them accept exactly the same inputs and none of them slices, broadcasts or casts its way past a
-mistake. The dispatchers then call the backends' bodies (`*_unchecked`), so each call is checked once. A mistake is a ValueError that
+mistake. The dispatchers then call the backends' bodies (`*_unchecked`), so each call is checked once. A mistake
+is a ValueError that
 names the argument and both shapes, e.g. "B has L=70 time steps but u has L=64 (B: [2, 1, 16, 70], u: [2, 8,
 64])"; an argument that is not a tensor at all is a TypeError.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .backends import BackendUnavailable, resolve_kernel_backend
+from .backends import resolve_kernel_backend
 from .checks import check_step_args
 from .reference import state_update_ref_unchecked
 

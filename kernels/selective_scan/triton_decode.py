@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from . import triton_util as tu
 from .checks import check_step_args
 

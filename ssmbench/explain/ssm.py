@@ -20,7 +20,6 @@ from ssmbench.plots import LINE_STYLES, model_colour, save_figure  # noqa: E402
 
 from .common import Drawn, Setting, layer_io, mark_data  # noqa: E402
 
-
 # ---------------------------------------------------------------------------------------------------------------
 # HiPPO-LegS: online compression of a signal's whole history into N Legendre coefficients
 

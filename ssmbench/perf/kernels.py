@@ -144,7 +144,7 @@ def copy_bandwidth_gbps(device: torch.device, nbytes: int, warmup_ms: float = 25
     n = max(1, nbytes // 4)
     x = torch.ones(n, dtype=torch.float32, device=device)
     y = torch.empty_like(x)
-    t = time_call(lambda: y.copy_(x), device, warmup_ms=warmup_ms, rep_ms=rep_ms)
+    t = time_call(lambda src=x, dst=y: dst.copy_(src), device, warmup_ms=warmup_ms, rep_ms=rep_ms)
     del x, y
     return 2 * n * 4 / (t.median_ms * 1e-3) / 1e9
 

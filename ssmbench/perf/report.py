@@ -332,7 +332,8 @@ def ratio_table(df: pd.DataFrame) -> pd.DataFrame:
         for metric, label in (("tokens_per_s", "end-to-end"), ("decode_tokens_per_s", "decode")):
             piv = g.pivot_table(index="batch", columns="model", values=metric, aggfunc="median")
             if m in piv and t in piv:
-                out[f"{mode} {label}"] = (piv[m] / piv[t]).map(lambda v: "" if pd.isna(v) else f"{v:.2f}x")  # Series.map
+                ratio = piv[m] / piv[t]
+                out[f"{mode} {label}"] = ratio.map(lambda v: "" if pd.isna(v) else f"{v:.2f}x")  # Series.map
     r = pd.DataFrame(out)
     r.index.name = "batch"
     return r.fillna("")

@@ -85,10 +85,9 @@ def _median_ms(fn, device, warmup, repeats) -> tuple[float, float, float]:
 
 def measure_point(overrides: list[str], warmup: int, repeats: int) -> dict:
     """Generator and training-step time for one composed config; the row fields."""
-    from ssmbench.models.lm import LanguageModel
-
     from ssmbench.evaluate import autocast_factory
     from ssmbench.metrics import loss_and_accuracy
+    from ssmbench.models.lm import LanguageModel
     from ssmbench.run import prepare
 
     cfg = compose_run_config(overrides)

@@ -48,7 +48,10 @@ class Timing:
 def summarize(times_ms: list[float], timer: str = "") -> Timing:
     """Median, 20th and 80th percentiles (inclusive method; one sample: itself), min and count."""
     ts = sorted(times_ms)
-    q = (lambda p: ts[0] if len(ts) == 1 else statistics.quantiles(ts, n=100, method="inclusive")[p - 1])
+
+    def q(p: int) -> float:
+        return ts[0] if len(ts) == 1 else statistics.quantiles(ts, n=100, method="inclusive")[p - 1]
+
     return Timing(statistics.median(ts), q(20), q(80), ts[0], len(ts), timer)
 
 

@@ -21,6 +21,7 @@ import json
 import re
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -117,9 +118,8 @@ def run(args) -> list[dict]:
                 base = {"experiment": exp, "model": name, "mode_asked": mode, "tag": args.tag}
                 barrier = None
                 if args.barrier:
-                    parties = sharing_of(args.tag)[0]
-                    barrier = (lambda n=f"{exp}-{name}-{mode}": wait_at_barrier(Path(args.barrier), n, args.tag,
-                                                                                 parties))
+                    barrier = partial(wait_at_barrier, Path(args.barrier), f"{exp}-{name}-{mode}", args.tag,
+                                      sharing_of(args.tag)[0])
                 try:
                     row = {**base, **bench_one(overrides + args.override, mode, args.steps, args.warmup, args.repeats,
                                                barrier)}

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssmbench.kernels.causal_conv1d import (BackendUnavailable, causal_conv1d_fn, causal_conv1d_ref,
-                                            causal_conv1d_update)
+from ssmbench.kernels.causal_conv1d import BackendUnavailable, causal_conv1d_fn, causal_conv1d_ref, causal_conv1d_update
 
 from .triton_testing import CUDA, DEV, gpu, rel_err, triton_mode  # noqa: F401  (triton_mode: autouse)
 

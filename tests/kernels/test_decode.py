@@ -6,8 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssmbench.kernels.selective_scan import (BackendUnavailable, selective_scan_ref, selective_state_update,
-                                             selective_state_update_ref)
+from ssmbench.kernels.selective_scan import (
+    BackendUnavailable,
+    selective_scan_ref,
+    selective_state_update,
+    selective_state_update_ref,
+)
 
 from .triton_testing import CUDA, DEV, gpu, rel_err, triton_mode  # noqa: F401  (triton_mode: autouse)
 

@@ -130,7 +130,7 @@ def test_forward_block_multiple_of_chunk():
 def test_inference_forward_stores_no_checkpoints(long_sequence):
     # no input needs a gradient: no autograd node, no checkpoints; the final state comes from the kernel's final
     # store (by the segment that ends the sequence), asked for or (few programs per SM) stored anyway
-    from ssmbench.kernels.selective_scan.triton_scan import ScanConfig, selective_scan_triton, LAST_LAUNCH
+    from ssmbench.kernels.selective_scan.triton_scan import LAST_LAUNCH, ScanConfig, selective_scan_triton
     inp = make_inputs(2, 3, 301, 4, bc="mixed", seed=16)
     for below in (0, 10**6):
         cfg = ScanConfig(block_l_fwd=32, chunk=64, min_seg_len=64, nograd_store_last_below_programs_per_sm=below)

@@ -58,7 +58,8 @@ def test_same_seed_same_rows_on_cpu():
 def test_diverging_run_leaves_status_row_and_sweep_goes_on(tmp_path):
     # At lr=1e6 (its SSM parameters too, which S4 otherwise trains at its own lr_ssm) the S4 step size and poles
     # blow up and the loss turns NaN within a few steps.
-    res = cli(["-m", "trainer.lr=1e6,1e-3", "trainer.ssm_lr=${trainer.lr}", "trainer.grad_clip=0", "trainer.warmup_steps=0", "trainer.weight_decay=0",
+    res = cli(["-m", "trainer.lr=1e6,1e-3", "trainer.ssm_lr=${trainer.lr}", "trainer.grad_clip=0",
+               "trainer.warmup_steps=0", "trainer.weight_decay=0",
                *tiny_overrides("s4"), f"results_root={tmp_path}", "study=div"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = _rows(tmp_path / "div")
