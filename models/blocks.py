@@ -6,6 +6,10 @@ Table 1 of the Mamba paper crosses the block ("arch") with its inner layer ("lay
   is gated by q (Fu et al. 2023). With an S4 layer this is H3; with a Hyena filter it is order-2 Hyena.
 - MambaBlock: expand to (x, z); causal depthwise conv; SiLU; inner layer; gate by SiLU(z); project back.
 - TransformerBlock: the layer (attention, or an RNN for the RNN baselines) then an MLP, each pre-normed.
+
+Each block follows the layer contract of layers/base.py, inference included: allocate_cache(batch, max_len)
+returns its inner layer's cache (with the Mamba block's conv inputs, the H3 block's shift state), which
+prefill(x, cache) fills from a parallel forward and step(x_t, cache) advances in place.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from torch import nn
 
 from ssmbench.kernels.causal_conv1d import causal_conv1d_fn, causal_conv1d_update
 
-from .layers.base import SequenceLayer
+from .layers.base import ALL_ROWS, SequenceLayer, device_dtype
 from .layers.s6 import decode_backend, rows_as_batched
 from .registry import build_layer
 
@@ -32,7 +36,7 @@ def make_norm(kind: str, d: int) -> nn.Module:
 
 
 class Block(SequenceLayer):
-    """x + mix(norm(x)); subclasses define mix, init_mix_state and mix_step."""
+    """x + mix(norm(x)); subclasses define mix, allocate_cache, mix_prefill and mix_step."""
 
     def __init__(self, d_model: int, norm: str):
         super().__init__()
@@ -41,9 +45,11 @@ class Block(SequenceLayer):
     def forward(self, x):
         return x + self.mix(self.norm(x))
 
-    def step(self, x_t, state):
-        y_t, state = self.mix_step(self.norm(x_t), state)
-        return x_t + y_t, state
+    def prefill(self, x, cache, rows: slice = ALL_ROWS):
+        return x + self.mix_prefill(self.norm(x), cache, rows)
+
+    def step(self, x_t, cache):
+        return x_t + self.mix_step(self.norm(x_t), cache)
 
 
 class NoGateBlock(Block):
@@ -55,12 +61,14 @@ class NoGateBlock(Block):
     def mix(self, x):
         return self.out(F.gelu(self.layer(x)))
 
-    def init_state(self, batch_size, device, dtype=torch.float32):
-        return self.layer.init_state(batch_size, device, dtype)
+    def allocate_cache(self, batch, max_len, device=None, dtype=None):
+        return self.layer.allocate_cache(batch, max_len, *device_dtype(self, device, dtype))
 
-    def mix_step(self, x_t, state):
-        y, state = self.layer.step(x_t, state)
-        return self.out(F.gelu(y)), state
+    def mix_prefill(self, x, cache, rows=ALL_ROWS):
+        return self.out(F.gelu(self.layer.prefill(x, cache, rows)))
+
+    def mix_step(self, x_t, cache):
+        return self.out(F.gelu(self.layer.step(x_t, cache)))
 
 
 class H3Block(Block):
@@ -77,15 +85,20 @@ class H3Block(Block):
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         return self.out(q * self.layer(self.shift(k) * v))
 
-    def init_state(self, batch_size, device, dtype=torch.float32):
-        return (self.shift.init_state(batch_size, device, dtype), self.layer.init_state(batch_size, device, dtype))
+    def allocate_cache(self, batch, max_len, device=None, dtype=None):
+        device, dtype = device_dtype(self, device, dtype)
+        return (self.shift.allocate_cache(batch, max_len, device, dtype),
+                self.layer.allocate_cache(batch, max_len, device, dtype))
 
-    def mix_step(self, x_t, state):
-        shift_state, layer_state = state
+    def mix_prefill(self, x, cache, rows=ALL_ROWS):
+        shift_cache, layer_cache = cache
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        return self.out(q * self.layer.prefill(self.shift.prefill(k, shift_cache, rows) * v, layer_cache, rows))
+
+    def mix_step(self, x_t, cache):
+        shift_cache, layer_cache = cache
         q, k, v = self.qkv(x_t).chunk(3, dim=-1)
-        k, shift_state = self.shift.step(k, shift_state)
-        y, layer_state = self.layer.step(k * v, layer_state)
-        return self.out(q * y), (shift_state, layer_state)
+        return self.out(q * self.layer.step(self.shift.step(k, shift_cache) * v, layer_cache))
 
 
 class MambaBlock(Block):
@@ -146,32 +159,46 @@ class MambaBlock(Block):
         out = F.linear(y2.t(), self.out_proj.weight, self.out_proj.bias).view(Bsz, L, -1)
         if not return_state:
             return out, None
+        return out, (self._conv_tail(xi), last)
+
+    def _conv_tail(self, xi):
+        """The conv's inputs [B, E, L] -> the conv state a step continues from: the last d_conv of them."""
         tail = xi[:, :, -self.d_conv:]
         if tail.shape[-1] < self.d_conv:  # a prompt shorter than the conv: zeros before it
             tail = F.pad(tail, (self.d_conv - tail.shape[-1], 0))
-        return out, (tail, last)
+        return tail
 
-    def init_state(self, batch_size, device, dtype=torch.float32):
-        conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype)
-        return (conv_state, self.layer.init_state(batch_size, device, dtype))
+    def allocate_cache(self, batch, max_len, device=None, dtype=None):
+        """(conv state [batch, E, d_conv]: the conv's last inputs, oldest first; the inner layer's cache)."""
+        device, dtype = device_dtype(self, device, dtype)
+        conv_state = torch.zeros(batch, self.d_inner, self.d_conv, device=device, dtype=dtype)
+        return (conv_state, self.layer.allocate_cache(batch, max_len, device, dtype))
 
-    def mix_step(self, x_t, state, inplace: bool = False):
-        """One token through the block's mixer, with the fused decode kernels on CUDA (causal_conv1d_update,
-        and S6's selective_state_update); the plain PyTorch steps elsewhere. The given state is left untouched
-        unless `inplace`, which advances its tensors in place (static buffers, CUDA graphs)."""
-        conv_state, layer_state = state
-        if not inplace:
-            conv_state = conv_state.clone()
+    def mix_prefill(self, x, cache, rows=ALL_ROWS):
+        conv_state, layer_cache = cache
+        if self._channel_major(x):  # the scan's own layout, and it hands back the state the steps continue from
+            y, (tail, last) = self.mix_channel_major(x, return_state=True)
+            conv_state[rows] = tail
+            layer_cache[rows] = last
+            return y
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        conv_state[rows] = self._conv_tail(x.transpose(1, 2))
+        x = self._conv(x)
+        if self.fuse_gate:
+            return self.out_proj(self.layer.prefill(x, layer_cache, rows, z=z))
+        return self.out_proj(self.layer.prefill(x, layer_cache, rows) * F.silu(z))
+
+    def mix_step(self, x_t, cache):
+        """One token through the block's mixer, advancing the cache in place: the fused decode kernels on CUDA
+        (causal_conv1d_update, and S6's selective_state_update), the plain PyTorch steps elsewhere."""
+        conv_state, layer_cache = cache
         x, z = self.in_proj(x_t).chunk(2, dim=-1)
         # The conv state holds the last d_conv inputs, oldest first; the update shifts x in at the end.
         backend = "reference" if getattr(self.layer, "scan_backend", "auto") in ("reference", "torch") else "auto"
         x = causal_conv1d_update(x, conv_state, self.conv.weight[:, 0], self.conv.bias, "silu", backend=backend)
         if self.fuse_gate:
-            y, layer_state = self.layer.step(x, layer_state, z_t=z, inplace=inplace)
-        else:
-            y, layer_state = self.layer.step(x, layer_state)
-            y = y * F.silu(z)
-        return self.out_proj(y), (conv_state, layer_state)
+            return self.out_proj(self.layer.step(x, layer_cache, z_t=z))
+        return self.out_proj(self.layer.step(x, layer_cache) * F.silu(z))
 
 
 class MLP(nn.Module):
@@ -194,13 +221,16 @@ class TransformerBlock(SequenceLayer):
         self.mlp = MLP(d_model, mlp_ratio) if mlp_ratio > 0 else None
 
     def forward(self, x):
-        x = x + self.layer(self.norm1(x))
+        return self._mlp(x + self.layer(self.norm1(x)))
+
+    def allocate_cache(self, batch, max_len, device=None, dtype=None):
+        return self.layer.allocate_cache(batch, max_len, *device_dtype(self, device, dtype))
+
+    def _mlp(self, x):
         return x if self.mlp is None else x + self.mlp(self.norm2(x))
 
-    def init_state(self, batch_size, device, dtype=torch.float32):
-        return self.layer.init_state(batch_size, device, dtype)
+    def prefill(self, x, cache, rows: slice = ALL_ROWS):
+        return self._mlp(x + self.layer.prefill(self.norm1(x), cache, rows))
 
-    def step(self, x_t, state):
-        y, state = self.layer.step(self.norm1(x_t), state)
-        x_t = x_t + y
-        return (x_t if self.mlp is None else x_t + self.mlp(self.norm2(x_t))), state
+    def step(self, x_t, cache):
+        return self._mlp(x_t + self.layer.step(self.norm1(x_t), cache))

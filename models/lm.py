@@ -1,8 +1,9 @@
 """The language model every task trains: embedding -> blocks -> final norm -> head.
 
     logits = model(inputs)                              # Long[B, L] -> Float[B, L, V], causal
-    state = model.init_state(batch_size, device)
-    logits_t, state = model.step(inputs[:, t], state)   # one token; agrees with forward()
+    cache = model.allocate_cache(batch, max_len)        # every block's state / KV cache, preallocated
+    last = model.prefill(prompt, cache)                 # Long[B, P] -> logits of position P-1, Float[B, V]
+    logits_t = model.step(inputs[:, t], cache)          # Long[B] -> Float[B, V]; one token; agrees with forward()
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from .blocks import make_norm
-from .layers.base import ssm_parameter_names
+from .layers.base import KVCache, ssm_parameter_names
 from .registry import ConfigError, block_class, layer_options
 
 POS_EMBS = ("none", "sinusoidal", "learned")
@@ -65,6 +66,87 @@ def validate_model_config(cfg: ModelConfig) -> dict[str, Any]:
     return {"name": name, "options": layer_options(name, layer)}
 
 
+class InferenceCache:
+    """What LanguageModel.allocate_cache returns: `blocks[i]` is block i's cache (a tensor, a tuple, a KVCache),
+    all allocated for `batch` sequences of up to `max_len` tokens and written in place by prefill() and step();
+    `length` counts the tokens the sequences hold."""
+
+    def __init__(self, blocks: list, batch: int, max_len: int):
+        self.blocks, self.batch, self.max_len = blocks, batch, max_len
+        self.length = 0
+        self._graph_safe = False
+        self._pos = self._mask = None  # the device-side position and mask while graph_safe
+
+    def leaves(self) -> list:
+        """The tensors and KVCaches in the cache."""
+        out, todo = [], list(self.blocks)
+        while todo:
+            c = todo.pop(0)
+            if isinstance(c, (tuple, list)):
+                todo[:0] = c
+            elif c is not None:
+                out.append(c)
+        return out
+
+    def _kv(self) -> list[KVCache]:
+        return [c for c in self.leaves() if isinstance(c, KVCache)]
+
+    def nbytes(self) -> int:
+        """Memory the cache takes (a KV cache counts its buffers)."""
+        return sum(c.nbytes() if isinstance(c, KVCache) else c.numel() * c.element_size() for c in self.leaves())
+
+    def seek(self, length: int) -> None:
+        """Set the length (every KV cache's too); what lies past it is overwritten by the next steps."""
+        self.length = length
+        for kv in self._kv():
+            kv.length = length
+        if self._pos is not None:
+            self._pos.fill_(length)
+
+    def snapshot(self):
+        """What restore() needs to bring the cache back here: recurrent states are cloned, a KV cache keeps only
+        its length (later steps write past it, so the positions before it stay as they are)."""
+        return self.length, [None if isinstance(c, KVCache) else c.clone() for c in self.leaves()]
+
+    def restore(self, snap) -> None:
+        for c, saved in zip(self.leaves(), snap[1]):
+            if saved is not None:
+                c.copy_(saved)
+        self.seek(snap[0])
+
+    @property
+    def graph_safe(self) -> bool:
+        """Steps for a CUDA graph: a replayed step cannot read the host-side length, so the KV caches write at a
+        device-side position shared by all of them and attend under a mask of the filled positions, both
+        updated on the device once per step(). `length` then counts the step() calls but not the replays;
+        seek() and restore() set both."""
+        return self._graph_safe
+
+    @graph_safe.setter
+    def graph_safe(self, on: bool) -> None:
+        if on == self._graph_safe:
+            return
+        self._graph_safe = on
+        kvs = self._kv()
+        self._pos = self._mask = None
+        if on and kvs:
+            self._positions = kvs[0].positions
+            self._pos = torch.full((1,), self.length, dtype=torch.long, device=self._positions.device)
+            self._mask = torch.zeros(self.max_len, dtype=torch.bool, device=self._positions.device)
+        for kv in kvs:
+            kv.device_pos = self._pos
+            kv.device_mask = None if self._mask is None else self._mask.view(1, 1, 1, -1)
+
+    def _before_step(self) -> None:
+        if self._mask is not None:  # graph-safe: the positions filled once this token is written
+            torch.le(self._positions, self._pos, out=self._mask)
+
+    def _after_step(self) -> None:
+        self.length += 1  # (each KV cache counted its own)
+        if self._pos is not None:
+            self._pos.add_(1)
+
+
 class LanguageModel(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
@@ -91,12 +173,15 @@ class LanguageModel(nn.Module):
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
 
-    def _embed(self, inputs: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def _embed(self, inputs: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """inputs Long[B, T] at positions start, ..., start + T - 1 -> [B, T, d_model]."""
         x = self.embed(inputs)
-        if self.cfg.pos_emb == "sinusoidal":
-            x = x + sinusoidal(positions, self.cfg.d_model).to(x.dtype)
-        elif self.cfg.pos_emb == "learned":
-            x = x + self.pos(positions)
+        if self.cfg.pos_emb != "none":  # (no position tensor otherwise: a decode step launches no kernel for it)
+            positions = torch.arange(start, start + inputs.shape[1], device=inputs.device)
+            if self.cfg.pos_emb == "sinusoidal":
+                x = x + sinusoidal(positions, self.cfg.d_model).to(x.dtype)
+            else:
+                x = x + self.pos(positions)
         return x
 
     def _check_length(self, length: int) -> None:
@@ -108,23 +193,60 @@ class LanguageModel(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         self._check_length(inputs.shape[1])
-        x = self._embed(inputs, torch.arange(inputs.shape[1], device=inputs.device))
+        x = self._embed(inputs)
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))
 
-    def init_state(self, batch_size: int, device, dtype: torch.dtype = torch.float32):
-        return {"t": 0, "blocks": [b.init_state(batch_size, device, dtype) for b in self.blocks]}
+    # -- inference --------------------------------------------------------------------------------------------
 
-    def step(self, tokens: torch.Tensor, state):
-        """tokens: Long[B] -> logits Float[B, V], and the next state."""
-        self._check_length(state["t"] + 1)
-        x = self._embed(tokens[:, None], torch.tensor([state["t"]], device=tokens.device))[:, 0]
-        new_states = []
-        for block, s in zip(self.blocks, state["blocks"]):
-            x, s = block.step(x, s)
-            new_states.append(s)
-        return self.head(self.norm(x)), {"t": state["t"] + 1, "blocks": new_states}
+    def allocate_cache(self, batch: int, max_len: int, device=None, dtype=None) -> InferenceCache:
+        """Every block's cache for `batch` sequences of up to `max_len` tokens, allocated once (a KV cache of
+        max_len positions for attention); device and dtype default to the embedding's (the activations')."""
+        self._check_length(max_len)
+        device = self.embed.weight.device if device is None else torch.device(device)
+        dtype = self.embed.weight.dtype if dtype is None else dtype
+        return InferenceCache([b.allocate_cache(batch, max_len, device, dtype) for b in self.blocks], batch, max_len)
+
+    def prefill(self, tokens: torch.Tensor, cache: InferenceCache, micro_batch: int | None = None) -> torch.Tensor:
+        """tokens Long[B, P] -> logits of the last position [B, V]: the parallel forward, leaving `cache` as P
+        steps from empty would (whatever it held before). Only the last position goes through the head: that is
+        all generation needs, and logits [B, P, V] of a long prompt can outweigh the model. `micro_batch` runs
+        the rows that many at a time, which bounds the activations' memory."""
+        B, P = tokens.shape
+        if B != cache.batch:
+            raise ValueError(f"prefill of {B} sequences into a cache allocated for batch={cache.batch}")
+        if P > cache.max_len:
+            raise ValueError(f"a prompt of {P} tokens exceeds the cache's max_len={cache.max_len}")
+        mb = micro_batch or B
+        out = []
+        for b0 in range(0, B, mb):
+            rows = slice(b0, min(B, b0 + mb))
+            x = self._embed(tokens[rows])
+            for block, c in zip(self.blocks, cache.blocks):
+                x = block.prefill(x, c, rows)
+            out.append(self.head(self.norm(x[:, -1])))
+        cache.seek(P)
+        return torch.cat(out)
+
+    def step(self, tokens: torch.Tensor, cache: InferenceCache) -> torch.Tensor:
+        """tokens Long[B] -> logits [B, V] of the next position; advances `cache` by one token in place.
+        With `cache.graph_safe` the step reads no host-side position and can be captured in a CUDA graph."""
+        if cache.length >= cache.max_len:
+            raise ValueError(f"cache full: it holds max_len={cache.max_len} tokens; allocate_cache with a larger "
+                             "max_len to generate more")
+        if cache.graph_safe:
+            if self.cfg.pos_emb != "none":
+                raise ValueError(f"model.pos_emb={self.cfg.pos_emb!r} reads a host-side position: a step cannot be "
+                                 "graph-captured")
+            x = self.embed(tokens)
+            cache._before_step()
+        else:
+            x = self._embed(tokens[:, None], cache.length)[:, 0]
+        for block, c in zip(self.blocks, cache.blocks):
+            x = block.step(x, c)
+        cache._after_step()
+        return self.head(self.norm(x))
 
     def param_groups(self, weight_decay: float, ssm_lr: float | None = None) -> list[dict]:
         """AdamW groups: SSM parameters (A, D, dt bias, S4's B/C/dt...), norms, biases and embeddings go without

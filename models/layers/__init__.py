@@ -1,1 +1,1 @@
-"""Sequence layers: each follows models.layers.base.SequenceLayer (forward, init_state, step)."""
+"""Sequence layers: each follows models.layers.base.SequenceLayer (forward, allocate_cache, prefill, step)."""

@@ -1,4 +1,4 @@
-"""Causal multi-head self-attention with rotary (RoPE) or xPos positions and a KV cache for step().
+"""Causal multi-head self-attention with rotary (RoPE) or xPos positions and a preallocated KV cache for step().
 
 The attention itself goes through `flash_attn` when it is importable and the inputs are CUDA fp16/bf16, else
 through PyTorch's scaled_dot_product_attention with a selectable backend (flash = FlashAttention-2, cudnn,
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import SequenceLayer
+from .base import ALL_ROWS, KVCache, SequenceLayer, device_dtype
 
 POSITIONS = ("none", "rope", "xpos")
 SDPA_BACKENDS = ("auto", "flash", "cudnn", "efficient", "math")
@@ -108,41 +108,52 @@ class Attention(SequenceLayer):
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return q, k, v  # each [B, H, T, hd]
 
+    def uses_flash_attn(self, device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether attention runs through the flash_attn package for activations of this device and dtype."""
+        return (self.use_flash_attn and torch.device(device).type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+                and _flash_attn_func() is not None)
+
     def _attend(self, q, k, v, causal: bool):
         p = self.dropout if self.training else 0.0
-        fa = _flash_attn_func() if self.use_flash_attn else None
-        if fa is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-            o = fa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p, causal=causal)
+        if self.uses_flash_attn(q.device, q.dtype):
+            o = _flash_attn_func()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p, causal=causal)
             return o.transpose(1, 2)
         with sdpa_context(self.sdpa_backend):
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prefill(x, None)
+
+    def allocate_cache(self, batch, max_len, device=None, dtype=None) -> KVCache:
+        device, dtype = device_dtype(self, device, dtype)
+        shape = (batch, self.n_heads, max_len, self.head_dim)
+        return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+    def prefill(self, x: torch.Tensor, cache: KVCache | None, rows: slice = ALL_ROWS) -> torch.Tensor:
+        """forward(x), writing K (after the positions) and V into the cache (forward itself passes none)."""
         B, T, D = x.shape
         q, k, v = self._heads(x)
         if self.rotary is not None:
             q, k = self.rotary(q, k, torch.arange(T, device=x.device))
+        if cache is not None:
+            cache.fill(rows, k, v)
         o = self._attend(q, k, v, causal=True)
         return self.out(o.transpose(1, 2).reshape(B, T, D))
 
-    def init_state(self, batch_size, device, dtype=torch.float32):
-        # KV cache with room to grow by doubling, so decode does not copy the whole cache every token.
-        shape = (batch_size, self.n_heads, 16, self.head_dim)
-        return {"k": torch.zeros(shape, device=device, dtype=dtype), "v": torch.zeros(shape, device=device, dtype=dtype),
-                "t": 0}
-
-    def step(self, x_t: torch.Tensor, state):
+    def step(self, x_t: torch.Tensor, cache: KVCache) -> torch.Tensor:
         B, D = x_t.shape
         q, k, v = self._heads(x_t[:, None])
-        t = state["t"]
+        graphed = cache.device_pos is not None
+        pos = cache.device_pos if graphed else cache.positions[cache.length: cache.length + 1]
         if self.rotary is not None:
-            q, k = self.rotary(q, k, torch.tensor([t], device=x_t.device))
-        kc, vc = state["k"], state["v"]
-        if t >= kc.shape[2]:
-            kc = torch.cat([kc, torch.zeros_like(kc)], dim=2)
-            vc = torch.cat([vc, torch.zeros_like(vc)], dim=2)
-        kc[:, :, t] = k[:, :, 0].to(kc.dtype)
-        vc[:, :, t] = v[:, :, 0].to(vc.dtype)
-        # The query attends to every cached position (all are in its past), so no causal mask is needed.
-        o = self._attend(q, kc[:, :, : t + 1].to(q.dtype), vc[:, :, : t + 1].to(q.dtype), causal=False)
-        return self.out(o.reshape(B, D)), {"k": kc, "v": vc, "t": t + 1}
+            q, k = self.rotary(q, k, pos)
+        if graphed:
+            kc, vc = cache.append_at_device_pos(k, v)
+            # The whole cache under the mask of its filled part (flash kernels take no mask, so plain SDPA).
+            o = F.scaled_dot_product_attention(q, kc, vc, attn_mask=cache.device_mask)
+        else:
+            kc, vc = cache.append(k, v)
+            # The query attends to every filled position (all are in its past): no causal mask, so SDPA may take
+            # its flash kernel.
+            o = self._attend(q, kc.to(q.dtype), vc.to(q.dtype), causal=False)
+        return self.out(o.reshape(B, D))

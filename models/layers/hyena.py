@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import SequenceLayer, mark_ssm
+from .base import ALL_ROWS, KVCache, SequenceLayer, device_dtype, mark_ssm
 
 
 @dataclass
@@ -93,9 +93,9 @@ class HyenaFilterLayer(SequenceLayer):
 
     Parameters: the filter FFN's weights, biases and sin frequency, and D [H]; all go to the SSM optimizer group
     (fp32, no weight decay; the FFN ones tagged with mark_ssm), as safari trains the filter with wd = 0.
-    State (init_state / step): the input history, a float32 tensor [batch, H, t] with t = tokens seen so far
-    (starts as [batch, H, 0]). A long convolution has no finite state: step t costs O(H t) time and the state
-    O(H t) memory, so decoding T tokens is O(H T^2). Under no_grad the filter is computed once for a
+    Cache (allocate_cache / prefill / step): the input history, a KVCache holding one float32 buffer
+    [batch, H, max_len] of the past inputs. A long convolution has no finite state: step t costs O(H t) time,
+    so decoding T tokens is O(H T^2). Under no_grad the filter is computed once for a
     power-of-two length and reused until the parameters change.
     """
 
@@ -143,8 +143,13 @@ class HyenaFilterLayer(SequenceLayer):
             y = fft_causal_conv(u, self.filter(L)) + u * self.D.float()
         return self.dropout(y).to(x.dtype)
 
-    def init_state(self, batch_size: int, device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.zeros(batch_size, self.d_model, 0, device=device, dtype=torch.float32)
+    def allocate_cache(self, batch, max_len, device=None, dtype=None) -> KVCache:
+        device, _ = device_dtype(self, device, dtype)
+        return KVCache(torch.zeros(batch, self.d_model, max_len, device=device, dtype=torch.float32))
+
+    def prefill(self, x: torch.Tensor, cache: KVCache, rows: slice = ALL_ROWS) -> torch.Tensor:
+        cache.fill(rows, x.float().transpose(1, 2))
+        return self.forward(x)
 
     def _step_filter(self, t: int) -> torch.Tensor:
         """filter(t), memoised (at a power-of-two length) while gradients are off."""
@@ -155,10 +160,12 @@ class HyenaFilterLayer(SequenceLayer):
             self._filter_cache = (key, self.filter(max(64, 1 << (t - 1).bit_length())))
         return self._filter_cache[1][:, :t]
 
-    def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x_t [B, H]; state [B, H, t] past inputs. y_t = sum_s h_s x_{t-s} + D x_t."""
+    def step(self, x_t: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """x_t [B, H] -> y_t = sum_s h_s x_{t-s} + D x_t; x_t joins the history."""
+        if cache.device_pos is not None:
+            raise ValueError("Hyena's step reads its history up to a host-side length: it cannot be graph-captured")
         u = x_t.float()
-        hist = torch.cat([state, u[:, :, None]], dim=-1)          # [B, H, t+1], oldest first
+        hist, = cache.append(u[:, :, None])                         # [B, H, t+1], oldest first
         h = self._step_filter(hist.shape[-1])                      # [H, t+1]
         y = (hist * h.flip(-1)).sum(-1) + self.D.float() * u
-        return self.dropout(y).to(x_t.dtype), hist
+        return self.dropout(y).to(x_t.dtype)

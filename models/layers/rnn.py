@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import SequenceLayer
+from .base import ALL_ROWS, SequenceLayer, device_dtype
 
 CELLS = {"elman": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -38,10 +38,22 @@ class RNNLayer(SequenceLayer):
         y, _ = self.rnn(x)
         return self.proj(y)
 
-    def init_state(self, batch_size, device, dtype=torch.float32):
-        h = torch.zeros(1, batch_size, self.hidden, device=device, dtype=dtype)
+    def allocate_cache(self, batch, max_len, device=None, dtype=None):
+        """h [1, batch, hidden] (torch's layout: the batch is the second axis), and (h, c) for an LSTM."""
+        device, dtype = device_dtype(self, device, dtype)
+        h = torch.zeros(1, batch, self.hidden, device=device, dtype=dtype)
         return (h, torch.zeros_like(h)) if self.cell == "lstm" else h
 
-    def step(self, x_t, state):
-        y, state = self.rnn(x_t[:, None], state)
-        return self.proj(y[:, 0]), state
+    def _store(self, cache, new, rows=ALL_ROWS) -> None:
+        for c, n in zip(cache, new) if self.cell == "lstm" else [(cache, new)]:
+            c[:, rows] = n
+
+    def prefill(self, x, cache, rows: slice = ALL_ROWS):
+        y, new = self.rnn(x)
+        self._store(cache, new, rows)
+        return self.proj(y)
+
+    def step(self, x_t, cache):
+        y, new = self.rnn(x_t[:, None], cache)
+        self._store(cache, new)
+        return self.proj(y[:, 0])

@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .base import SequenceLayer
+from .base import ALL_ROWS, SequenceLayer, device_dtype
 
 INITS = ("legs", "lin", "inv", "real", "nplr")
 
@@ -137,6 +137,16 @@ def zoh_dense(A: torch.Tensor, B: torch.Tensor, dt: torch.Tensor) -> tuple[torch
     return E[:, :N, :N], E[:, :N, N]
 
 
+def dense_powers(dA: torch.Tensor, dB: torch.Tensor, L: int) -> torch.Tensor:
+    """W [H, N, L] with W[:, :, l] = dA^l dB, built by doubling, W <- [W, dA^(2^k) W]: log2(L) batched matmuls."""
+    W, Ak = dB[:, :, None], dA
+    while W.shape[-1] < L:
+        W = torch.cat([W, Ak @ W], dim=-1)
+        if W.shape[-1] < L:
+            Ak = Ak @ Ak
+    return W[:, :, :L]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 
 class S4Layer(SequenceLayer):
@@ -148,7 +158,7 @@ class S4Layer(SequenceLayer):
       P [H, N/2, 2]                       "nplr" only: low-rank factor in the eigenbasis (complex as real pairs)
       B, C                                complex as real pairs [H, N/2, 2] (legs/lin/inv) or real [H, N]
       D [H], log_dt [H]
-    State (init_state / step): [batch, H, N/2] complex64 for legs/lin/inv, [batch, H, N] float32 for real/nplr
+    State (allocate_cache / step): [batch, H, N/2] complex64 for legs/lin/inv, [batch, H, N] float32 for real/nplr
     (the dtype follows the parameters, not the activations: fp32 even under bf16 autocast).
     """
 
@@ -252,13 +262,21 @@ class S4Layer(SequenceLayer):
             K = torch.cat([torch.einsum("hn,hnl->hl", CdB, torch.exp(log_dA * pos[s:s + chunk]))
                            for s in range(0, L, chunk)], dim=-1)
             return K.real if K.is_complex() else K
-        # Dense: W[:, :, l] = dA^l dB built by doubling, W <- [W, dA^(2^k) W]: log2(L) batched matmuls
-        W, Ak = dB[:, :, None], dA
-        while W.shape[-1] < L:
-            W = torch.cat([W, Ak @ W], dim=-1)
-            if W.shape[-1] < L:
-                Ak = Ak @ Ak
-        return torch.einsum("hn,hnl->hl", C, W[:, :, :L])
+        return torch.einsum("hn,hnl->hl", C, dense_powers(dA, dB, L))
+
+    def last_state(self, x: torch.Tensor) -> torch.Tensor:
+        """The state after reading x [B, L, H] from zeros, h_(L-1) = sum_l dA^(L-1-l) dB x_l, in closed form
+        ([B, H, M] like the cache): what prefill leaves for the steps to continue from."""
+        dA, dB, _ = self.recurrent_params()
+        u, L = x.to(self._dtype), x.shape[1]
+        if self.is_dense:
+            return torch.einsum("hnl,blh->bhn", dense_powers(dA, dB, L), u.flip(1))
+        # dA^(L-1-l) through the Vandermonde as in kernel(), chunked over l likewise
+        log_dA, age = torch.log(dA)[:, :, None], torch.arange(L - 1, -1, -1, device=dA.device)
+        chunk = max(1, 2 ** 24 // dA.numel())
+        h = sum(torch.einsum("hml,blh->bhm", torch.exp(log_dA * age[s:s + chunk]), u[:, s:s + chunk].to(dA.dtype))
+                for s in range(0, L, chunk))
+        return h * dB
 
     # -- the two views ------------------------------------------------------------------------------------------
 
@@ -273,14 +291,20 @@ class S4Layer(SequenceLayer):
             y = y + u * self._f(self.D)
         return self.dropout(y).to(x.dtype)
 
-    def init_state(self, batch_size: int, device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def allocate_cache(self, batch, max_len, device=None, dtype=None) -> torch.Tensor:
         """Zeros [batch, H, N/2] complex (legs/lin/inv) or [batch, H, N] real (real/nplr), in the parameters'
         precision (fp32 -> complex64 / float32) whatever `dtype` the activations have."""
+        device, _ = device_dtype(self, device, dtype)
         real = self._dtype
         M = self.d_state // 2 if self.is_complex else self.d_state
-        return torch.zeros(batch_size, self.d_model, M, device=device,
+        return torch.zeros(batch, self.d_model, M, device=device,
                            dtype=(torch.complex128 if real == torch.float64 else torch.complex64)
                            if self.is_complex else real)
+
+    def prefill(self, x: torch.Tensor, cache: torch.Tensor, rows: slice = ALL_ROWS) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            cache[rows] = self.last_state(x)
+        return self.forward(x)
 
     def _cached_recurrent_params(self):
         """recurrent_params(), memoised while gradients are off (decoding): the NPLR route costs a matrix
@@ -293,14 +317,15 @@ class S4Layer(SequenceLayer):
             self._step_cache = (key, self.recurrent_params())
         return self._step_cache[1]
 
-    def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x_t: [B, H] -> (y_t [B, H], new state). h = dA h + dB x_t; y = Re(C h) + D x_t."""
+    def step(self, x_t: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+        """x_t: [B, H] -> y_t [B, H], advancing the state in place. h = dA h + dB x_t; y = Re(C h) + D x_t."""
         dA, dB, C = self._cached_recurrent_params()
         u = x_t.to(self._dtype)
         if self.is_dense:
-            h = (dA @ state[..., None])[..., 0] + dB * u[:, :, None]
+            h = (dA @ cache[..., None])[..., 0] + dB * u[:, :, None]
         else:
-            h = dA * state + dB * u[:, :, None]
+            h = dA * cache + dB * u[:, :, None]
+        cache.copy_(h)
         y = (C * h).sum(-1)
         y = (y.real if y.is_complex() else y) + self.D.to(u.dtype) * u
-        return self.dropout(y).to(x_t.dtype), h.to(state.dtype)
+        return self.dropout(y).to(x_t.dtype)

@@ -23,7 +23,7 @@ from torch import nn
 
 from ssmbench.kernels.selective_scan import BACKENDS, selective_scan, selective_state_update
 
-from .base import SequenceLayer
+from .base import ALL_ROWS, SequenceLayer, device_dtype
 
 
 @dataclass
@@ -83,13 +83,16 @@ class S6Layer(SequenceLayer):
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, L, D]. z (optional, [B, L, D]) is a gate fused into the scan: out = y * silu(z)."""
+        return self._scan(x, z)
+
+    def _scan(self, x, z, return_last_state: bool = False):
         delta, B, C = self._ssm_inputs(x)
         A = -torch.exp(self.A_log.float())
-        y = selective_scan(
+        out = selective_scan(
             x.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2).unsqueeze(1), C.transpose(1, 2).unsqueeze(1),
             D=self.D.float(), z=None if z is None else z.transpose(1, 2), delta_bias=self.dt_bias.float(),
-            delta_softplus=True, backend=self.scan_backend)
-        return y.transpose(1, 2)
+            delta_softplus=True, return_last_state=return_last_state, backend=self.scan_backend)
+        return (out[0].transpose(1, 2), out[1]) if return_last_state else out.transpose(1, 2)
 
     def forward_channel_major(self, x: torch.Tensor, z: torch.Tensor | None = None,
                               return_last_state: bool = False):
@@ -106,19 +109,23 @@ class S6Layer(SequenceLayer):
                              delta_softplus=True, return_last_state=return_last_state, backend=self.scan_backend)
         return out if return_last_state else (out, None)
 
-    def init_state(self, batch_size, device, dtype=torch.float32):
+    def allocate_cache(self, batch, max_len, device=None, dtype=None):
         # The SSM state stays fp32 whatever the activations' dtype, as in the fused kernels.
-        return torch.zeros(batch_size, self.d_model, self.d_state, device=device, dtype=torch.float32)
+        device, _ = device_dtype(self, device, dtype)
+        return torch.zeros(batch, self.d_model, self.d_state, device=device, dtype=torch.float32)
 
-    def step(self, x_t: torch.Tensor, state, z_t: torch.Tensor | None = None, inplace: bool = False):
-        """One token: x_t, z_t [B, D] -> (y_t [B, D], state [B, D, N] fp32), through the fused decode kernel
-        (selective_state_update, Triton) on CUDA. The given state is left untouched unless `inplace`, which
-        advances it in place (decoding with static buffers, e.g. under CUDA graphs)."""
+    def prefill(self, x: torch.Tensor, cache, rows: slice = ALL_ROWS, z: torch.Tensor | None = None):
+        """forward(x, z), keeping the scan's last state in the cache."""
+        y, last = self._scan(x, z, return_last_state=True)
+        cache[rows] = last
+        return y
+
+    def step(self, x_t: torch.Tensor, cache, z_t: torch.Tensor | None = None):
+        """One token: x_t, z_t [B, D] -> y_t [B, D], advancing the state [B, D, N] (fp32) in place, through the
+        fused decode kernel (selective_state_update, Triton) on CUDA."""
         delta, B, C = self._ssm_inputs(x_t)
         A = -torch.exp(self.A_log.float())
-        if not inplace:
-            state = state.clone()
-        y, state = selective_state_update(state, x_t, delta, A, B, C, D=self.D.float(), z=z_t,
-                                          dt_bias=self.dt_bias.float(), dt_softplus=True,
-                                          backend=decode_backend(self.scan_backend))
-        return y, state
+        y, _ = selective_state_update(cache, x_t, delta, A, B, C, D=self.D.float(), z=z_t,
+                                      dt_bias=self.dt_bias.float(), dt_softplus=True,
+                                      backend=decode_backend(self.scan_backend))
+        return y

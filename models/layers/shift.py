@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import SequenceLayer
+from .base import ALL_ROWS, SequenceLayer, device_dtype
 
 
 class ShiftSSM(SequenceLayer):
@@ -38,11 +38,18 @@ class ShiftSSM(SequenceLayer):
             y = y + u * self.D.float()[:, None]
         return y.transpose(1, 2).to(x.dtype)
 
-    def init_state(self, batch_size: int, device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return torch.zeros(batch_size, self.d_model, self.d_state, device=device, dtype=torch.float32)
+    def allocate_cache(self, batch, max_len, device=None, dtype=None) -> torch.Tensor:
+        device, _ = device_dtype(self, device, dtype)
+        return torch.zeros(batch, self.d_model, self.d_state, device=device, dtype=torch.float32)
 
-    def step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def prefill(self, x: torch.Tensor, cache: torch.Tensor, rows: slice = ALL_ROWS) -> torch.Tensor:
+        u = x.float().transpose(1, 2)                                    # [B, H, L]
+        cache[rows] = F.pad(u, (self.d_state, 0))[..., -self.d_state:].flip(-1)  # x_{L-1-k}, zeros before x_0
+        return self.forward(x)
+
+    def step(self, x_t: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
         u = x_t.float()
-        h = torch.cat([u[:, :, None], state[:, :, :-1]], dim=-1)       # h = A h + B x_t: shift in x_t
+        h = torch.cat([u[:, :, None], cache[:, :, :-1]], dim=-1)       # h = A h + B x_t: shift in x_t
+        cache.copy_(h)
         y = (h * self.C.float()).sum(-1) + self.D.float() * u
-        return y.to(x_t.dtype), h
+        return y.to(x_t.dtype)

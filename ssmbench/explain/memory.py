@@ -1,5 +1,5 @@
 """Figure family 3, memory: what a recurrent model carries from token to token (the size of its state, read after
-every step() from init_state), and what attention does instead (re-reads every earlier token: the attention maps
+every step() from an empty cache), and what attention does instead (re-reads every earlier token: the attention maps
 of a Transformer on an induction-heads sequence, one panel per head of the last layer)."""
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ TRIGGER_MARK, ANSWER_MARK = "#00bcd4", "#76ff03"  # not model colours: they mark
 # ---------------------------------------------------------------------------------------------------------------
 # Recurrent state over time
 
-def layer_state(model, block: int, state) -> list[torch.Tensor]:
-    """The sequence layer's own state inside the block's state (the mamba block adds its conv inputs, H3 its
+def layer_state(model, block: int, cache) -> list[torch.Tensor]:
+    """The sequence layer's own state inside the block's cache (the mamba block adds its conv inputs, H3 its
     shift SSM: both left out), as a list of tensors."""
-    s = state["blocks"][block]
+    s = cache.blocks[block]
     if model.cfg.arch in ("mamba", "h3"):
         s = s[1]
     return [t for t in (s if isinstance(s, (tuple, list)) else (s,)) if torch.is_tensor(t)]
@@ -37,13 +37,14 @@ def layer_state(model, block: int, state) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def state_trace(model, block: int, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray, int]:
-    """Step the model through one sequence from init_state. Returns (||h_t|| [L], ||h_t - h_(t-1)|| / ||h_(t-1)||
+    """Step the model through one sequence from an empty cache. Returns (||h_t|| [L], ||h_t - h_(t-1)|| / ||h_(t-1)||
     [L], numbers in the state); h is the layer's state after token t, complex entries counted by modulus."""
-    state = model.init_state(1, inputs.device)
+    cache = model.allocate_cache(1, inputs.shape[0], inputs.device)
     norms, changes, prev = [], [], None
     for t in range(inputs.shape[0]):
-        _, state = model.step(inputs[t:t + 1], state)
-        h = torch.cat([x.reshape(-1) for x in layer_state(model, block, state)])
+        model.step(inputs[t:t + 1], cache)
+        # (a copy: the cache is advanced in place, and h_(t-1) is compared with h_t)
+        h = torch.cat([x.reshape(-1) for x in layer_state(model, block, cache)])
         norms.append(float(h.abs().square().sum().sqrt()))
         prev_norm = float(prev.abs().square().sum().sqrt()) if prev is not None else 0.0
         changes.append(float((h - prev).abs().square().sum().sqrt()) / prev_norm if prev_norm > 0 else math.nan)
@@ -88,7 +89,7 @@ def state_norms_figure(setting: Setting, out: Path) -> Drawn:
               "differing from the repeated noise (a repeated input drives each state towards a fixed point), not "
               "from a learned choice." if fresh else "")
     caption = ("Each model steps through the selective-copying sequence of figure 2 one token at a time from "
-               "init_state (the step() contract); after every token we read the state of the sequence layer of "
+               "an empty cache (the step() contract); after every token we read the state of the sequence layer of "
                f"block {block}: " + "; ".join(f"{STATE_WHAT[r]}" for r in STATE_ROLES) + ". Top: its norm. Bottom: "
                "how much of it the token rewrote. A fixed-size state is all a recurrent model keeps between tokens; "
                "the LSTM's gates and Mamba's Delta depend on the token, S4's decay per step does not (figure 1c)."

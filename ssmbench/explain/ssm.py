@@ -91,12 +91,13 @@ def hippo_figure(setting: Setting, out: Path) -> Drawn:
 
 @torch.no_grad()
 def s4_views(layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [1, L, H] -> (convolutional output = forward(), recurrent output = step() from init_state), each [L, H]."""
+    """x [1, L, H] -> (convolutional output = forward(), recurrent output = step() from an empty cache), each
+    [L, H]."""
     y_conv = layer(x)[0]
-    state = layer.init_state(1, x.device)
+    cache = layer.allocate_cache(1, x.shape[1], x.device)
     ys = []
     for t in range(x.shape[1]):
-        y_t, state = layer.step(x[:, t], state)
+        y_t = layer.step(x[:, t], cache)
         ys.append(y_t[0])
     return y_conv, torch.stack(ys)
 
@@ -132,7 +133,7 @@ def s4_views_figure(setting: Setting, out: Path) -> Drawn:
     caption = (f"The S4 layer of block {block} of the {fig_s4.name} model ({fig_s4.provenance}), run on what it "
                f"reads for the selective-copying sequence of figure 2 ({x.shape[1]} positions, {x.shape[2]} "
                f"channels). Lines: the convolutional view, forward() = causal FFT convolution with the kernel "
-               f"K_l = Re(C A-bar^l B-bar). Marks: the recurrent view, step() from init_state one token at a "
+               f"K_l = Re(C A-bar^l B-bar). Marks: the recurrent view, step() from an empty cache one token at a "
                f"time, h_t = A-bar h_(t-1) + B-bar x_t. Computed max abs difference over all "
                f"{y_conv.numel()} outputs: {max_diff:.3e} (outputs reach {scale:.3g}), fp32 rounding: one "
                f"linear time-invariant map, two algorithms. Dotted lines: data tokens; grey band: markers.")

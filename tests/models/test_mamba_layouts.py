@@ -46,9 +46,9 @@ def test_channel_major_states_continue_the_recurrence():
     x = torch.randn(2, 5, 16)
     with torch.no_grad():
         _, (conv_tail, last) = blk.mix_channel_major(x, return_state=True)
-        state = blk.init_state(2, x.device)
+        state = blk.allocate_cache(2, 5, x.device)
         for t in range(5):
-            _, state = blk.mix_step(x[:, t], state)
+            blk.mix_step(x[:, t], state)
     torch.testing.assert_close(conv_tail, state[0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(last, state[1], rtol=1e-5, atol=1e-6)
 

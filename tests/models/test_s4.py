@@ -17,10 +17,10 @@ def rel_err(a, b):
 
 
 def run_steps(layer, x):
-    state = layer.init_state(x.shape[0], x.device)
+    state = layer.allocate_cache(x.shape[0], x.shape[1], x.device)
     ys = []
     for t in range(x.shape[1]):
-        y_t, state = layer.step(x[:, t], state)
+        y_t = layer.step(x[:, t], state)
         ys.append(y_t)
     return torch.stack(ys, dim=1), state
 

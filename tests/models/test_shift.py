@@ -14,9 +14,9 @@ def test_step_matches_forward(d_state):
     x = torch.randn(2, 37, 8)
     with torch.no_grad():
         y = layer(x)
-        state, ys = layer.init_state(2, "cpu"), []
+        state, ys = layer.allocate_cache(2, 37, "cpu"), []
         for t in range(37):
-            y_t, state = layer.step(x[:, t], state)
+            y_t = layer.step(x[:, t], state)
             ys.append(y_t)
     assert state.shape == (2, 8, d_state)
     assert ((torch.stack(ys, 1) - y).norm() / y.norm()) < 1e-5

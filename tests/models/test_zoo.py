@@ -44,10 +44,10 @@ def test_step_matches_forward(name):
     x = torch.randint(0, VOCAB, (3, 37))
     with torch.no_grad():
         full = model(x)
-        state = model.init_state(3, "cpu")
+        cache = model.allocate_cache(3, x.shape[1])
         steps = []
         for t in range(x.shape[1]):
-            logits, state = model.step(x[:, t], state)
+            logits = model.step(x[:, t], cache)
             steps.append(logits)
     steps = torch.stack(steps, dim=1)
     assert full.shape == (3, 37, VOCAB)
