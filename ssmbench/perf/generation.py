@@ -4,19 +4,19 @@ batch sizes. Each row: tokens/s and peak memory for one (model, batch, mode).
 
     rows = run_generation(GenerationConfig(...))      # what `ssmbench-generate` runs (ssmbench/perf/cli.py)
 
-How each model generates:
-  Mamba        prefill: every block's forward, keeping the last conv inputs and the scan's last state
-               (selective_scan(..., return_last_state=True), the fused Triton scan on CUDA); then one token at a
-               time through MambaBlock.mix_step(inplace=True), i.e. the fused decode kernels
-               (causal_conv1d_update and selective_state_update, Triton) on a fixed-size state.
-  Transformer  prefill: every block's forward, writing K and V (after RoPE) into a KV cache preallocated for
-               prompt_len + gen_len positions (no regrowth, so memory is exactly what the cache needs); then one
-               token at a time: attention of the new query over the cache through SDPA (flash_attn when
+How each model generates: through its own inference API (LanguageModel.allocate_cache, prefill, step; see
+models/lm.py), on a cache allocated once for prompt_len + gen_len tokens (no regrowth, so memory is exactly what
+the cache needs).
+  Mamba        prefill: every block's forward in the scan's channel-major layout on CUDA, keeping the last conv
+               inputs and the scan's last state (the fused Triton scan); then one token at a time through the fused
+               decode kernels (causal_conv1d_update and selective_state_update, Triton) on a fixed-size state.
+  Transformer  prefill: every block's forward, writing K and V (after RoPE) into the preallocated KV cache; then
+               one token at a time: attention of the new query over the cache through SDPA (flash_attn when
                importable).
 Modes: eager, and (CUDA) CUDA graphs: one decode step (model step, argmax, feeding the token back) captured
 once per batch size and replayed. Under a graph the Transformer cannot slice its cache by a Python position, so
 its step writes K/V at a device-side position and attends over the whole cache with a mask of the filled part
-(attn_impl says which path ran).
+(InferenceCache.graph_safe; attn_impl says which path ran).
 
 Timing (CUDA-synchronised wall clock): prefill once (it yields the first new token), then gen_len - 1 decode
 steps. tokens_per_s = batch * gen_len / (prefill + decode), the end-to-end rate the paper's benchmark measures;
@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 
 from ssmbench.env import environment
 from ssmbench.metrics import is_out_of_memory, reset_peak_memory, synchronize
@@ -94,7 +93,8 @@ def validate_generation(cfg: GenerationConfig) -> None:
         if getattr(cfg, k) <= 0:
             raise GenerationConfigError(f"{k} must be > 0, got {getattr(cfg, k)}")
     if cfg.gen_len < 3:
-        raise GenerationConfigError(f"gen_len must be >= 3 (prefill token, warm-up step, timed steps), got {cfg.gen_len}")
+        raise GenerationConfigError(f"gen_len must be >= 3 (prefill token, warm-up step, timed steps), "
+                                    f"got {cfg.gen_len}")
     if not cfg.batches or any(b <= 0 for b in cfg.batches):
         raise GenerationConfigError(f"batches must be positive integers, got {cfg.batches}")
     if not cfg.models:
@@ -103,7 +103,7 @@ def validate_generation(cfg: GenerationConfig) -> None:
         try:
             with torch.device("meta"):
                 model = LanguageModel(m, cfg.vocab_size)
-            decoder_class(model)
+            check_supported(model)
         except ValueError as e:
             raise GenerationConfigError(f"models.{name}: {e}") from e
 
@@ -128,216 +128,66 @@ def build_model(cfg: ModelConfig, vocab_size: int, device: torch.device, dtype: 
     return model.eval().requires_grad_(False)
 
 
-class _Decoder:
-    """Prefill a prompt, then advance one token at a time on preallocated state (batch fixed at construction)."""
-    graphable = True
+class Decoder:
+    """A batch of sequences being generated, through the model's own inference API: one cache allocated for
+    `capacity` tokens (prompt + generated) by model.allocate_cache, model.prefill, then model.step."""
 
     def __init__(self, model: LanguageModel, batch: int, capacity: int, device: torch.device, dtype: torch.dtype):
         self.model, self.batch, self.capacity, self.device, self.dtype = model, batch, capacity, device, dtype
-        self.t = 0
-        self.positions = torch.arange(capacity, device=device)
-
-    def _embed(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return self.model._embed(tokens, positions)
-
-    def _logits(self, x_last: torch.Tensor) -> torch.Tensor:
-        return self.model.head(self.model.norm(x_last))
+        self.cache = model.allocate_cache(batch, capacity, device, dtype)
+        self.graphable = model.cfg.pos_emb == "none"  # an absolute position is read on the host
+        self.attn_impl = None
+        if all(isinstance(b, TransformerBlock) for b in model.blocks):
+            self.attn_impl = "flash_attn" if model.blocks[0].layer.uses_flash_attn(device, dtype) else "sdpa"
 
     def prefill(self, prompt: torch.Tensor, micro_batch: int | None = None) -> torch.Tensor:
-        """prompt: Long[batch, P] -> logits of the last position [batch, V]; the state then holds the prompt."""
+        """prompt: Long[batch, P] -> logits of the last position [batch, V]; the cache then holds the prompt."""
         B, P = prompt.shape
         assert B == self.batch and P < self.capacity
-        mb = micro_batch or B
-        out = [self._prefill_slice(prompt[b0:b0 + mb], slice(b0, min(B, b0 + mb))) for b0 in range(0, B, mb)]
-        self.t = P
-        self._set_position(P)
-        return torch.cat(out)
-
-    def _set_position(self, t: int) -> None:
-        pass
+        return self.model.prefill(prompt, self.cache, micro_batch)
 
     def snapshot(self) -> Any:
-        return self.t
+        return self.cache.snapshot()
 
     def restore(self, snap: Any) -> None:
-        self.t = snap
-        self._set_position(snap)
+        self.cache.restore(snap)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Eager decode step: Long[batch] -> logits [batch, V]; advances the state in place."""
-        raise NotImplementedError
+        """Eager decode step: Long[batch] -> logits [batch, V]; advances the cache in place."""
+        self.cache.graph_safe = False
+        return self.model.step(tokens, self.cache)
 
     def step_static(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The step as a CUDA graph can replay it: no Python-side position (default: the eager step)."""
-        return self.step(tokens)
+        """The step as a CUDA graph can replay it: positions kept on the device (see InferenceCache.graph_safe)."""
+        self.cache.graph_safe = True
+        return self.model.step(tokens, self.cache)
 
     def state_bytes(self) -> int:
-        raise NotImplementedError
+        return self.cache.nbytes()
 
 
-class MambaDecoder(_Decoder):
-    """Mamba blocks around S6: a conv state [batch, E, d_conv] and an SSM state [batch, E, N] (fp32) per block,
-    whatever the prompt length."""
-
-    def __init__(self, model, batch, capacity, device, dtype):
-        super().__init__(model, batch, capacity, device, dtype)
-        self.states = [blk.init_state(batch, device, dtype) for blk in model.blocks]
-        self.graphable = model.cfg.pos_emb == "none"
-
-    @staticmethod
-    def supports(model: LanguageModel) -> bool:
-        return all(isinstance(b, MambaBlock) and b.fuse_gate for b in model.blocks)
-
-    def _prefill_slice(self, prompt, rows):
-        x = self._embed(prompt, self.positions[: prompt.shape[1]])
-        for blk, (conv_state, ssm_state) in zip(self.model.blocks, self.states):
-            # the channel-major path: the scan's own layout, and it hands back the states the decode continues from
-            y, (conv_tail, last) = blk.mix_channel_major(blk.norm(x), return_state=True)
-            conv_state[rows] = conv_tail.to(conv_state.dtype)
-            ssm_state[rows] = last.to(ssm_state.dtype)
-            x = x + y
-        return self._logits(x[:, -1])
-
-    def step(self, tokens):
-        x = self._embed(tokens[:, None], self.positions[self.t: self.t + 1])[:, 0]
-        for blk, state in zip(self.model.blocks, self.states):
-            y, _ = blk.mix_step(blk.norm(x), state, inplace=True)  # the fused decode kernels on CUDA
-            x = x + y
-        self.t += 1
-        return self._logits(x)
-
-    def step_static(self, tokens):
-        x = self.model.embed(tokens)
-        for blk, state in zip(self.model.blocks, self.states):
-            y, _ = blk.mix_step(blk.norm(x), state, inplace=True)
-            x = x + y
-        return self._logits(x)
-
-    def snapshot(self):
-        return self.t, [(c.clone(), s.clone()) for c, s in self.states]
-
-    def restore(self, snap):
-        self.t = snap[0]
-        for (c, s), (c0, s0) in zip(self.states, snap[1]):
-            c.copy_(c0)
-            s.copy_(s0)
-
-    def state_bytes(self):
-        return sum(c.numel() * c.element_size() + s.numel() * s.element_size() for c, s in self.states)
+def supports(model: LanguageModel) -> bool:
+    """The benchmark's two models: Mamba blocks around S6, Transformer blocks around attention."""
+    return (all(isinstance(b, MambaBlock) and b.fuse_gate for b in model.blocks)
+            or all(isinstance(b, TransformerBlock) and isinstance(b.layer, Attention) for b in model.blocks))
 
 
-class TransformerDecoder(_Decoder):
-    """Attention blocks: a KV cache [batch, heads, capacity, head_dim] per block, filled up to position t."""
-
-    def __init__(self, model, batch, capacity, device, dtype):
-        super().__init__(model, batch, capacity, device, dtype)
-        self.cache = []
-        for blk in model.blocks:
-            a: Attention = blk.layer
-            shape = (batch, a.n_heads, capacity, a.head_dim)
-            self.cache.append((torch.zeros(shape, device=device, dtype=dtype),
-                               torch.zeros(shape, device=device, dtype=dtype)))
-        self.pos = torch.zeros(1, dtype=torch.long, device=device)  # the position a graphed step writes
-        self.graphable = model.cfg.pos_emb == "none"
-        self.attn_impl = "flash_attn" if _uses_flash_attn(model, device, dtype) else "sdpa"
-
-    @staticmethod
-    def supports(model: LanguageModel) -> bool:
-        return all(isinstance(b, TransformerBlock) and isinstance(b.layer, Attention) for b in model.blocks)
-
-    def _set_position(self, t):
-        self.pos.fill_(t)
-
-    def _prefill_slice(self, prompt, rows):
-        P = prompt.shape[1]
-        pos = self.positions[:P]
-        x = self._embed(prompt, pos)
-        for blk, (kc, vc) in zip(self.model.blocks, self.cache):
-            a: Attention = blk.layer
-            b = x.shape[0]
-            q, k, v = a._heads(blk.norm1(x))
-            if a.rotary is not None:
-                q, k = a.rotary(q, k, pos)
-            kc[rows, :, :P] = k
-            vc[rows, :, :P] = v
-            o = a._attend(q, k, v, causal=True)
-            x = x + a.out(o.transpose(1, 2).reshape(b, P, -1))
-            if blk.mlp is not None:
-                x = x + blk.mlp(blk.norm2(x))
-        return self._logits(x[:, -1])
-
-    def _block_step(self, blk, kc, vc, x, attend):
-        a: Attention = blk.layer
-        B = x.shape[0]
-        q, k, v = a._heads(blk.norm1(x)[:, None])
-        x = x + a.out(attend(a, q, k, v, kc, vc).reshape(B, -1))
-        return x if blk.mlp is None else x + blk.mlp(blk.norm2(x))
-
-    def step(self, tokens):
-        t = self.t
-        if t >= self.capacity:
-            raise RuntimeError(f"KV cache full ({self.capacity} positions)")
-        pos = self.positions[t: t + 1]
-
-        def attend(a, q, k, v, kc, vc):
-            if a.rotary is not None:
-                q, k = a.rotary(q, k, pos)
-            kc[:, :, t] = k[:, :, 0]
-            vc[:, :, t] = v[:, :, 0]
-            # the new query sees every cached position: no mask, so SDPA may take its flash kernel
-            return a._attend(q, kc[:, :, : t + 1], vc[:, :, : t + 1], causal=False)
-
-        x = self._embed(tokens[:, None], pos)[:, 0]
-        for blk, (kc, vc) in zip(self.model.blocks, self.cache):
-            x = self._block_step(blk, kc, vc, x, attend)
-        self.t += 1
-        return self._logits(x)
-
-    def step_static(self, tokens):
-        pos = self.pos
-        mask = (self.positions <= pos)[None, None, None, :]  # the filled part of the cache, this token included
-
-        def attend(a, q, k, v, kc, vc):
-            if a.rotary is not None:
-                q, k = a.rotary(q, k, pos)
-            kc.index_copy_(2, pos, k)
-            vc.index_copy_(2, pos, v)
-            return F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask)
-
-        x = self.model.embed(tokens)
-        for blk, (kc, vc) in zip(self.model.blocks, self.cache):
-            x = self._block_step(blk, kc, vc, x, attend)
-        pos.add_(1)
-        return self._logits(x)
-
-    def state_bytes(self):
-        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in self.cache)
+def check_supported(model: LanguageModel) -> None:
+    if not supports(model):
+        raise ValueError(f"generation supports Mamba blocks around S6 and Transformer blocks around attention; "
+                         f"got arch={model.cfg.arch!r}, layer={model.cfg.layer.get('name')!r}")
 
 
-def _uses_flash_attn(model, device, dtype) -> bool:
-    from ssmbench.models.layers.attention import _flash_attn_func
-    a = model.blocks[0].layer
-    return bool(a.use_flash_attn and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
-                and _flash_attn_func() is not None)
-
-
-def decoder_class(model: LanguageModel):
-    for cls in (MambaDecoder, TransformerDecoder):
-        if cls.supports(model):
-            return cls
-    raise ValueError(f"generation supports Mamba blocks around S6 and Transformer blocks around attention; "
-                     f"got arch={model.cfg.arch!r}, layer={model.cfg.layer.get('name')!r}")
-
-
-def make_decoder(model, batch, capacity, device, dtype) -> _Decoder:
-    return decoder_class(model)(model, batch, capacity, device, dtype)
+def make_decoder(model, batch, capacity, device, dtype) -> Decoder:
+    check_supported(model)
+    return Decoder(model, batch, capacity, device, dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Generation and timing
 
 @torch.no_grad()
-def greedy_generate(decoder: _Decoder, prompt: torch.Tensor, gen_len: int, cuda_graph: bool = False,
+def greedy_generate(decoder: Decoder, prompt: torch.Tensor, gen_len: int, cuda_graph: bool = False,
                     micro_batch: int | None = None) -> dict[str, Any]:
     """Prefill + (gen_len - 1) greedy steps. Returns tokens Long[batch, gen_len] and the timings."""
     dev = decoder.device
@@ -352,7 +202,7 @@ def greedy_generate(decoder: _Decoder, prompt: torch.Tensor, gen_len: int, cuda_
 
 
 @torch.no_grad()
-def decode(decoder: _Decoder, first: torch.Tensor, gen_len: int, cuda_graph: bool) -> dict[str, Any]:
+def decode(decoder: Decoder, first: torch.Tensor, gen_len: int, cuda_graph: bool) -> dict[str, Any]:
     """From the token the prefill produced, gen_len - 1 greedy steps; timed (see the module docstring)."""
     dev = decoder.device
     tokens = [first]
@@ -467,10 +317,7 @@ def _greedy_agreement(model, prompt: torch.Tensor, tokens: torch.Tensor) -> floa
 
 def _state_bytes_per_sequence(model, capacity, device, dtype) -> int:
     """Decode state of one sequence: the KV cache (Transformer) or the conv + SSM states (Mamba)."""
-    el = torch.empty((), dtype=dtype).element_size()
-    if TransformerDecoder.supports(model):
-        return sum(2 * b.layer.n_heads * capacity * b.layer.head_dim * el for b in model.blocks)
-    return sum(b.d_inner * b.d_conv * el + b.d_inner * b.layer.d_state * 4 for b in model.blocks)
+    return model.allocate_cache(1, capacity, torch.device("meta"), dtype).nbytes()
 
 
 def _run_point(name, model, batch, modes, cfg, device, dtype, gen, clock, oom_at, base) -> list[dict]:
@@ -557,7 +404,7 @@ def _run_point(name, model, batch, modes, cfg, device, dtype, gen, clock, oom_at
 
 
 def _decode_backend(model, device) -> str:
-    if not MambaDecoder.supports(model):
+    if not all(isinstance(b, MambaBlock) for b in model.blocks):
         return ""
     from ssmbench.kernels.selective_scan.decode import resolve_decode_backend
     from ssmbench.models.layers.s6 import decode_backend
