@@ -8,7 +8,6 @@ embedding by the language model (`model.pos_emb`), so this layer takes pos="none
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 

@@ -18,7 +18,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ssmbench.kernels.selective_scan import BACKENDS, selective_scan, selective_state_update

@@ -7,7 +7,6 @@ import torch
 from omegaconf import OmegaConf
 
 from ssmbench.models.lm import LanguageModel, ModelConfig
-from ssmbench.models.registry import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 MODEL_NAMES = sorted(p.stem for p in CONF.glob("*.yaml"))
