@@ -129,3 +129,14 @@ def test_cache_bytes_and_defaults():
     mamba = build("mamba").to(torch.bfloat16)
     conv, ssm = mamba.allocate_cache(1, 10).blocks[0]
     assert conv.dtype == torch.bfloat16 and ssm.dtype == torch.float32  # the SSM state stays fp32
+
+
+def test_channel_major_prefill_of_the_mamba_block():
+    # the layout a CUDA prefill takes (the scan's own, handing back its last state), forced here on the CPU
+    model = build("mamba", layer={"name": "s6", "d_state": 4, "scan_backend": "torch"})
+    for b in model.blocks:
+        b.layout = "channel"
+    x = torch.randint(0, VOCAB, (3, 17))
+    with torch.no_grad():
+        full = model(x)[:, 8:]
+    assert rel_err(prefill_and_steps(model, x, 9, 20, micro_batch=2), full) < 1e-5
