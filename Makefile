@@ -25,6 +25,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ssmbench-report outputs/demo
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 # On a CUDA machine: the same kernel tests at full size.
