@@ -31,6 +31,7 @@ from ssmbench.plots import model_colour, save_figure
 from ssmbench.results import load_all
 
 FUSED = "selective_scan:triton"
+BAND = ("time_ms", "time_p20_ms", "time_p80_ms")
 
 
 def _fmt_ms(v) -> str:
@@ -191,13 +192,24 @@ def bandwidth_table(df: pd.DataFrame) -> pd.DataFrame:
     return t.fillna("")
 
 
-def plot_time_vs_length(df: pd.DataFrame, out: Path, title: str) -> Path | None:
+# The default figure's series: the fused scan, its peers (the official kernel, the chunked PyTorch scan), the
+# fastest attention backends and the fused conv. Every series is in the "_all" figure beside it.
+DEFAULT_SERIES = ("selective_scan:triton", "selective_scan:mamba_ssm", "selective_scan:torch", "attention:sdpa_flash",
+                  "attention:sdpa_cudnn", "s4_fft_conv:torch_fft", "causal_conv1d:triton")
+
+
+def plot_time_vs_length(df: pd.DataFrame, out: Path, title: str, series: tuple[str, ...] | None = None
+                        ) -> Path | None:
+    """Median time per call against L on log-log axes, one line per op:backend with its p20-p80 band; only the
+    implementations in `series` (a "(ref csv)" suffix ignored) when given."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     ok = df[(df["status"] == "ok") & df["time_ms"].notna()]
+    if series is not None:
+        ok = ok[ok["impl"].str.replace(" (ref csv)", "", regex=False).isin(series)]
     if ok.empty:
         return None
     sns.set_theme(style="whitegrid", context="notebook")
@@ -207,10 +219,13 @@ def plot_time_vs_length(df: pd.DataFrame, out: Path, title: str) -> Path | None:
     for ax, pas in zip(axes[0], passes):
         d = ok[ok["pass"] == pas]
         for impl in impls:
-            g = d[d["impl"] == impl].groupby("seq_len")["time_ms"].median()
+            g = d[d["impl"] == impl].groupby("seq_len")[[c for c in BAND if c in d]].median()
             if g.empty:
                 continue
-            ax.plot(g.index, g.values, label=impl, **impl_style(impl))
+            style = impl_style(impl)
+            ax.plot(g.index, g["time_ms"], label=impl, **style)
+            if {"time_p20_ms", "time_p80_ms"} <= set(g.columns) and g["time_p20_ms"].notna().any():
+                ax.fill_between(g.index, g["time_p20_ms"], g["time_p80_ms"], color=style["color"], alpha=0.2, lw=0)
         oom = df[(df["pass"] == pas) & (df["status"] == "oom") & ~df["error"].astype(str).str.startswith("not run")]
         for _, r in oom.iterrows():
             ax.annotate("oom", (r["seq_len"], ax.get_ylim()[1]), fontsize=7, color=impl_style(r["impl"])["color"],
@@ -280,10 +295,15 @@ def kernel_report(df: pd.DataFrame, folder: Path, official: str | None = None) -
                       "Bytes that must move (inputs read once, outputs written once; the backward reads inputs "
                       "and output gradient again and writes one gradient per input) over the median time.", "",
                       bw.to_markdown(), ""]
-        p = plot_time_vs_length(g, folder / "plots" / f"time_vs_length_{_shape_slug(first)}.png",
-                                f"Time against sequence length — {key} — {first.get('device', '')}")
+        title = f"Time against sequence length — {key} — {first.get('device', '')} (band: p20-p80)"
+        p = plot_time_vs_length(g, folder / "plots" / f"time_vs_length_{_shape_slug(first)}.png", title,
+                                DEFAULT_SERIES)
+        p_all = plot_time_vs_length(g, folder / "plots" / f"time_vs_length_{_shape_slug(first)}_all.png",
+                                    title.replace("Time", "Every implementation's time", 1))
         if p is not None:
             parts += [f"![time against length, {key}](plots/{p.name})", ""]
+        if p_all is not None:
+            parts += [f"Every implementation: [plots/{p_all.name}](plots/{p_all.name}).", ""]
     bad = measured[measured["status"] != "ok"]
     if not bad.empty:
         b = bad.groupby(["impl", "pass", "status", "error"], dropna=False)["seq_len"].agg(

@@ -17,7 +17,7 @@ from ssmbench.models.lm import ModelConfig
 from ssmbench.perf import kernels as prof
 from ssmbench.perf.generation import GenerationConfig, build_model, greedy_generate, make_decoder, run_generation
 from ssmbench.perf.kernels import OpSpec, ProfileConfig, ShapeConfig, run_profile
-from ssmbench.perf.report import speedup_table, write_profile_report
+from ssmbench.perf.report import DEFAULT_SERIES, plot_time_vs_length, speedup_table, write_profile_report
 from ssmbench.results import load_all, write_rows
 
 KERNEL_COLUMNS = {"kind", "op", "backend", "impl", "pass", "batch", "dim", "seq_len", "d_state", "dtype", "status",
@@ -160,6 +160,11 @@ def test_report_tables_speedups_and_plot(tmp_path):
     assert "| oom" in text or "oom |" in text
     assert "Triton over PyTorch" in text and "3.00x" in text
     assert (tmp_path / "plots" / "time_vs_length_B1_D1024_N16_bf16.png").stat().st_size > 10_000
+    # the default figure shows DEFAULT_SERIES; every implementation (sdpa_math, conv1d torch) is in the _all one
+    assert (tmp_path / "plots" / "time_vs_length_B1_D1024_N16_bf16_all.png").stat().st_size > 10_000
+    assert "plots/time_vs_length_B1_D1024_N16_bf16_all.png" in text
+    only_math = pd.DataFrame([r for r in rows if r["impl"] == "causal_conv1d:torch"])
+    assert plot_time_vs_length(only_math, tmp_path / "none.png", "t", DEFAULT_SERIES) is None
     assert (tmp_path / "rows.csv").exists() and json.loads((tmp_path / "environment.json").read_text())
     sp = speedup_table(pd.DataFrame(rows), "fwd")
     assert sp.loc["2^11", "attention:sdpa_flash"] == "4.00x"
