@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .checkpoint import PROGRESS, RUN_INFO
-from .plots import chance_accuracy, model_colour, save_figure
+from .plots import LINE_STYLES, chance_accuracy, model_colour, save_figure
 
 UNFINISHED = ("paused", "running", "evaluating")
 
@@ -55,11 +55,15 @@ def in_progress_plot(runs: list[dict], out: Path) -> Path | None:
     if not with_history:
         return None
     fig, ax = plt.subplots(figsize=(8, 4.2))
-    for r in with_history:
+    seen: dict[str, int] = {}  # runs of one model share its colour; their line styles tell them apart
+    for r in sorted(with_history, key=lambda r: (str(r.get("model")), r.get("seed", 0))):
         h = pd.DataFrame(r["history"])
+        model = str(r.get("model"))
+        k = seen[model] = seen.get(model, -1) + 1
         label = (f"{r.get('model', r['run_id'])} (seed {r.get('seed', '?')}, lr {r.get('lr', '?')}, "
                  f"step {r['step']}/{r.get('steps', '?')})")
-        ax.plot(h["step"], 100 * h["accuracy"], color=model_colour(str(r.get("model"))), label=label, lw=1.6)
+        ax.plot(h["step"], 100 * h["accuracy"], color=model_colour(model), ls=LINE_STYLES[k % len(LINE_STYLES)],
+                label=label, lw=1.6)
     tasks = {r.get("task") for r in with_history}
     if len(tasks) == 1 and "config" in with_history[0]:
         import yaml  # noqa: F401  (omegaconf brings PyYAML)
