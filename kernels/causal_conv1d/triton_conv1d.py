@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..selective_scan import triton_util as tu
+from ..common import triton_util as tu
 
 _KERNELS = Path(__file__).with_name("triton_conv1d_kernels.py")
 BLOCK_D, BLOCK_L = 16, 256

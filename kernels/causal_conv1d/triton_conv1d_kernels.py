@@ -1,4 +1,4 @@
-"""Triton kernels of the causal depthwise conv1d (loaded through selective_scan.triton_util.load_kernels).
+"""Triton kernels of the causal depthwise conv1d (loaded through common.triton_util.load_kernels).
 Tiles are [BLOCK_D channels, BLOCK_L steps]; the W shifted views of x are separate (cached) loads."""
 
 import triton

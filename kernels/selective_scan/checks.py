@@ -28,10 +28,17 @@ from __future__ import annotations
 
 import torch
 
+from .table import DECODE_TABLE, SCAN_TABLE
+
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _FLOATS_NO64 = (torch.float16, torch.bfloat16, torch.float32)
-# Backends whose kernels compute in float32 whatever they are given (mamba_ssm refuses float64 itself).
-_FLOAT32_BACKENDS = ("triton", "mamba_ssm")
+
+
+def _floats(table, backend) -> tuple:
+    """The float dtypes `backend` takes: no float64 for the rows whose kernels compute in float32 whatever they
+    are given (`fp32_only`; mamba_ssm refuses float64 itself)."""
+    row = table.rows.get(backend)
+    return _FLOATS_NO64 if row is not None and row.fp32_only else _FLOATS
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -142,7 +149,7 @@ def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_
                     backend: str = "reference") -> None:
     """Raise (ValueError; TypeError for a non-tensor) unless the arguments form one valid selective scan for
     `backend` (see the module docstring). Reads shapes, dtypes and devices only."""
-    floats = _FLOATS_NO64 if backend in _FLOAT32_BACKENDS else _FLOATS
+    floats = _floats(SCAN_TABLE, backend)
     _tensor("u", u)
     _dtype("u", u, floats, backend)
     if u.dim() != 3:
@@ -180,7 +187,7 @@ def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_
 def check_step_args(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, *, backend: str = "reference") -> None:
     """The same for one decode step: state [batch, dim, N]; x, dt, z [batch, dim]; A [dim, N]; B, C [batch, N]
     or [batch, groups, N] (groups dividing dim, the same for B and C); D, dt_bias [dim]."""
-    floats = _FLOATS_NO64 if backend in _FLOAT32_BACKENDS else _FLOATS
+    floats = _floats(DECODE_TABLE, backend)
     _tensor("x", x)
     _dtype("x", x, floats, backend)
     if x.dim() != 2:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import triton_util as tu
+from ..common import triton_util as tu
 from .checks import check_step_args
 
 _KERNELS = Path(__file__).with_name("triton_decode_kernels.py")

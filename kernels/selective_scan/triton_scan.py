@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from . import triton_util as tu
+from ..common import triton_util as tu
 from .checks import check_scan_args
 
 _KERNELS = Path(__file__).with_name("triton_scan_kernels.py")

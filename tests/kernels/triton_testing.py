@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssmbench.kernels.selective_scan import triton_util as tu
+from ssmbench.kernels.common import triton_util as tu
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"

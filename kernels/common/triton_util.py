@@ -1,4 +1,5 @@
-"""Plumbing shared by the Triton kernels (selective scan, decode step, causal conv1d).
+"""Plumbing shared by the Triton kernels (selective scan, decode step, causal conv1d); also importable as
+ssmbench.kernels.selective_scan.triton_util, its old home.
 
 Three things live here:
 

@@ -1,0 +1,1 @@
+"""What the kernel ops share: backend tables and dispatch (`dispatch`), the Triton plumbing (`triton_util`)."""
