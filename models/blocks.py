@@ -151,7 +151,7 @@ class MambaBlock(Block):
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias[:, None].to(xz.dtype)
         xi, z = rows_as_batched(xz[:E], Bsz), rows_as_batched(xz[E:], Bsz)  # [B, E, L] views
-        # the conv follows the scan: Triton where the scan is ("triton" asks for it, "auto" on CUDA)
+        # the conv follows the scan: its table row's step backend (Triton for "triton", "auto": Triton on CUDA)
         xc = causal_conv1d_fn(xi, self.conv.weight[:, 0], self.conv.bias, "silu",
                               backend=decode_backend(self.layer.scan_backend))
         y, last = self.layer.forward_channel_major(xc, z, return_last_state=return_state)
@@ -193,8 +193,10 @@ class MambaBlock(Block):
         (causal_conv1d_update, and S6's selective_state_update), the plain PyTorch steps elsewhere."""
         conv_state, layer_cache = cache
         x, z = self.in_proj(x_t).chunk(2, dim=-1)
-        # The conv state holds the last d_conv inputs, oldest first; the update shifts x in at the end.
-        backend = "reference" if getattr(self.layer, "scan_backend", "auto") in ("reference", "torch") else "auto"
+        # The conv state holds the last d_conv inputs, oldest first; the update shifts x in at the end. A scan whose
+        # step is the plain reference ("reference", "torch") keeps it plain; otherwise the fastest that runs here.
+        step = decode_backend(getattr(self.layer, "scan_backend", "auto"))
+        backend = "reference" if step == "reference" else "auto"
         x = causal_conv1d_update(x, conv_state, self.conv.weight[:, 0], self.conv.bias, "silu", backend=backend)
         if self.fuse_gate:
             return self.out_proj(self.layer.step(x, layer_cache, z_t=z))

@@ -9,7 +9,7 @@ A_n = -(n + 1), and D is a skip connection.
     B_t, C_t = W_B x_t, W_C x_t                       ([N] each, shared by all channels)
     h_t = exp(Delta_t A) h_{t-1} + Delta_t B_t x_t,   y_t = C_t h_t + D x_t
 
-The scan runs through ssmbench.kernels.selective_scan (backend chosen by `scan_backend`).
+The scan runs through ssmbench.kernels.selective_scan (backend chosen by `scan_backend`, a row of its SCAN_TABLE).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ssmbench.kernels.selective_scan import BACKENDS, selective_scan, selective_state_update
+from ssmbench.kernels.selective_scan import SCAN_TABLE, selective_scan, selective_state_update
 
 from .base import ALL_ROWS, SequenceLayer, device_dtype
 
@@ -32,15 +32,14 @@ class S6Options:
     dt_min: float = 0.001
     dt_max: float = 0.1
     dt_init_floor: float = 1e-4
-    scan_backend: str = "auto"  # auto | reference | torch | triton | mamba_ssm
+    scan_backend: str = "auto"  # auto or a row of SCAN_TABLE: reference | torch | triton | mamba_ssm
 
 
 def decode_backend(scan_backend: str) -> str:
-    """The decode-step backend that goes with a scan backend: the fused Triton step for "triton", and for
-    "auto"/"mamba_ssm" wherever it can run (CUDA); the plain reference step for "reference" and "torch"."""
-    if scan_backend in ("reference", "torch"):
-        return "reference"
-    return "triton" if scan_backend == "triton" else "auto"
+    """The decode-step backend that goes with a scan backend: its SCAN_TABLE row's `step` (the fused Triton step
+    for "triton"; for "auto"/"mamba_ssm" "auto", Triton wherever it can run (CUDA); the plain reference step for
+    "reference" and "torch")."""
+    return "auto" if scan_backend == "auto" else SCAN_TABLE.row(scan_backend).step
 
 
 def rows_as_batched(rows: torch.Tensor, batch: int) -> torch.Tensor:
@@ -59,8 +58,8 @@ class S6Layer(SequenceLayer):
             raise ValueError(f"model.layer.d_state must be > 0, got {d_state}")
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"model.layer.dt_min/dt_max must satisfy 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
-        if scan_backend not in ("auto",) + BACKENDS:
-            raise ValueError(f"model.layer.scan_backend={scan_backend!r} is not one of {('auto',) + BACKENDS}")
+        if scan_backend not in SCAN_TABLE.choices():
+            raise ValueError(f"model.layer.scan_backend={scan_backend!r} is not one of {SCAN_TABLE.choices()}")
         self.d_model, self.d_state = d_model, d_state
         self.dt_rank = dt_rank or math.ceil(d_model / 16)
         self.scan_backend = scan_backend

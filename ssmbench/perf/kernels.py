@@ -2,7 +2,9 @@
 
     rows = run_profile(ProfileConfig(...))      # what `ssmbench-profile` runs (ssmbench/perf/cli.py)
 
-Ops and their backends (the registry `OPS`; each op builds its inputs for a shape and returns callables):
+Ops and their backends (the registry `OPS`; each op builds its inputs for a shape and returns callables). The
+kernel ops time every row of their backend table (SCAN_TABLE, CONV_TABLE: kernels/<op>/table.py), which also
+ranks their series (`priority`):
   selective_scan  triton (fused), mamba_ssm (official CUDA kernel, when importable), torch (chunked scan),
                   reference (the sequential loop)
   causal_conv1d   triton, torch (F.conv1d, the reference)
@@ -47,6 +49,9 @@ import torch
 import torch.nn.functional as F
 
 from ssmbench.env import environment
+from ssmbench.kernels.causal_conv1d.table import CONV_TABLE
+from ssmbench.kernels.common.dispatch import BackendTable
+from ssmbench.kernels.selective_scan.table import SCAN_TABLE
 from ssmbench.metrics import is_out_of_memory
 from ssmbench.results import read_rows, rows_path, run_id, write_rows
 
@@ -217,18 +222,14 @@ def _rand(gen: torch.Generator, device, *shape) -> torch.Tensor:
 
 # -- selective scan -----------------------------------------------------------------------------------------------
 
-def _scan_unavailable(backend: str, s: Shape, device: torch.device) -> str | None:
-    from ssmbench.kernels.selective_scan.backends import unavailable_reason
-    return unavailable_reason(backend, device)
-
-
 def _scan_case(backend: str, s: Shape, device: torch.device, gen: torch.Generator) -> Case:
     from ssmbench.kernels.selective_scan import selective_scan
     from ssmbench.kernels.selective_scan.example_inputs import paper_scan_inputs
     inputs = paper_scan_inputs(s.batch, s.dim, s.seq_len, s.d_state, s.dtype, s.gated, generator=gen)
+    impl = SCAN_TABLE.profiled()[backend]
 
     def call(**kw):
-        return selective_scan(**kw, delta_softplus=True, backend=backend)
+        return selective_scan(**kw, delta_softplus=True, backend=impl)
 
     case = _make_case(call, inputs, _nbytes(inputs["u"]))
     if backend == "triton":
@@ -239,18 +240,11 @@ def _scan_case(backend: str, s: Shape, device: torch.device, gen: torch.Generato
 
 # -- causal conv1d ------------------------------------------------------------------------------------------------
 
-def _conv_unavailable(backend: str, s: Shape, device: torch.device) -> str | None:
-    if backend == "triton":
-        from ssmbench.kernels.selective_scan.backends import unavailable_reason
-        return unavailable_reason("triton", device)
-    return None
-
-
 def _conv_case(backend: str, s: Shape, device: torch.device, gen: torch.Generator) -> Case:
     from ssmbench.kernels.causal_conv1d import causal_conv1d_fn
     inputs = dict(x=_rand(gen, device, s.batch, s.dim, s.seq_len).to(s.dtype),
                   weight=_rand(gen, device, s.dim, s.conv_width) * 0.5, bias=_rand(gen, device, s.dim) * 0.1)
-    impl = "triton" if backend == "triton" else "reference"
+    impl = CONV_TABLE.profiled()[backend]
 
     def call(x, weight, bias):
         return causal_conv1d_fn(x, weight, bias, activation="silu", backend=impl)
@@ -346,30 +340,58 @@ def _attn_case(backend: str, s: Shape, device: torch.device, gen: torch.Generato
 
 @dataclass(frozen=True)
 class OpSpec:
-    backends: tuple[str, ...]
+    listed: tuple[str, ...] | Callable[[], tuple[str, ...]]  # the backends, or a function giving them (tables)
     build: Callable[[str, Shape, torch.device, torch.Generator], Case]
     unavailable: Callable[[str, Shape, torch.device], str | None]
     length_exponent: float  # time ~ L^exponent at long L: used to predict the next length's time
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        return tuple(self.listed()) if callable(self.listed) else tuple(self.listed)
 
 
 def _always(backend, s, device):
     return None
 
 
+# The ops whose backends are a kernel table's rows, under the names the table gives the profiler (`profiled`).
+KERNEL_TABLES: dict[str, BackendTable] = {"selective_scan": SCAN_TABLE, "causal_conv1d": CONV_TABLE}
+
+
+def _table_op(op: str, build, length_exponent: float) -> OpSpec:
+    table = KERNEL_TABLES[op]
+
+    def unavailable(backend: str, s: Shape, device: torch.device) -> str | None:
+        return table.unavailable_reason(table.profiled()[backend], device)
+
+    return OpSpec(lambda: tuple(table.profiled()), build, unavailable, length_exponent)
+
+
 OPS: dict[str, OpSpec] = {
-    "selective_scan": OpSpec(("triton", "mamba_ssm", "torch", "reference"), _scan_case, _scan_unavailable, 1.0),
-    "causal_conv1d": OpSpec(("triton", "torch"), _conv_case, _conv_unavailable, 1.0),
+    "selective_scan": _table_op("selective_scan", _scan_case, 1.0),
+    "causal_conv1d": _table_op("causal_conv1d", _conv_case, 1.0),
     "s4_fft_conv": OpSpec(("torch_fft", "s4d_layer"), _fft_case, _always, 1.1),
     "attention": OpSpec(("flash_attn", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sdpa_math"), _attn_case,
                         _attn_unavailable, 2.0),
 }
 
-# The order series are measured in: what matters most first, so a run that hits its time budget loses the least.
-PRIORITY = [("selective_scan", "triton"), ("selective_scan", "mamba_ssm"), ("attention", "flash_attn"),
-            ("attention", "sdpa_flash"), ("attention", "sdpa_cudnn"), ("s4_fft_conv", "torch_fft"),
-            ("causal_conv1d", "triton"), ("causal_conv1d", "torch"), ("selective_scan", "torch"),
-            ("attention", "sdpa_efficient"), ("s4_fft_conv", "s4d_layer"), ("attention", "sdpa_math"),
-            ("selective_scan", "reference")]
+# Ranks of the series of the ops without a kernel table (lowest measured first); a kernel table's rows carry theirs
+# (`profile_rank`), on the same scale.
+RANKS: dict[tuple[str, str], float] = {
+    ("attention", "flash_attn"): 30, ("attention", "sdpa_flash"): 40, ("attention", "sdpa_cudnn"): 50,
+    ("s4_fft_conv", "torch_fft"): 60, ("attention", "sdpa_efficient"): 100, ("s4_fft_conv", "s4d_layer"): 110,
+    ("attention", "sdpa_math"): 120}
+
+
+def priority() -> list[tuple[str, str]]:
+    """The order series are measured in: what matters most first, so a run that hits its time budget loses the
+    least. A kernel table's row without a rank comes after the ranked series (`series_of`)."""
+    ranks = dict(RANKS)
+    for op, table in KERNEL_TABLES.items():
+        for label, name in table.profiled().items():
+            if table.rows[name].profile_rank is not None:
+                ranks[(op, label)] = table.rows[name].profile_rank
+    return sorted(ranks, key=ranks.__getitem__)
 
 FUSED = ("selective_scan", "triton")  # the implementation the report's speed-ups are relative to
 
@@ -379,7 +401,11 @@ def impl_label(op: str, backend: str) -> str:
 
 
 def _backend_version(op: str, backend: str) -> str:
-    mod = {"mamba_ssm": "mamba_ssm", "flash_attn": "flash_attn"}.get(backend)
+    table = KERNEL_TABLES.get(op)
+    if table is not None:
+        mod = table.rows[table.profiled()[backend]].version_of
+    else:
+        mod = {"flash_attn": "flash_attn"}.get(backend)
     if mod is None:
         return ""
     try:
@@ -426,7 +452,7 @@ class Series:
 
 def series_of(cfg: ProfileConfig) -> list[Series]:
     chosen = cfg.backends
-    order = [(op, b) for op, b in PRIORITY if b in chosen.get(op, [])]
+    order = [(op, b) for op, b in priority() if b in chosen.get(op, [])]
     order += [(op, b) for op, bs in chosen.items() for b in bs if (op, b) not in order]
     return [Series(op, b, shape, dt) for shape in cfg.shapes for dt in cfg.dtypes for op, b in order]
 
