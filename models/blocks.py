@@ -20,9 +20,10 @@ from torch import nn
 
 from ssmbench.kernels.causal_conv1d import causal_conv1d_fn, causal_conv1d_update
 
+from .layer_registry import build_layer
 from .layers.base import ALL_ROWS, SequenceLayer, device_dtype
 from .layers.s6 import decode_backend, rows_as_batched
-from .registry import build_layer
+from .layers.shift import ShiftSSM
 
 NORMS = ("rmsnorm", "layernorm")
 
@@ -74,8 +75,6 @@ class NoGateBlock(Block):
 class H3Block(Block):
     def __init__(self, d_model, layer, layer_options, norm="rmsnorm", shift_d_state=4, **_):
         super().__init__(d_model, norm)
-        from .layers.shift import ShiftSSM
-
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.shift = ShiftSSM(d_model, d_state=shift_d_state)
         self.layer = build_layer(layer, d_model, layer_options)
