@@ -15,7 +15,7 @@ Sections (times are triton.testing.do_bench medians, ms):
   narrow   batch 1, dim 128, N 16, L 2^20 with the long-sequence path forced on and off
   memory   peak memory of fwd+bwd at L = 2^16 (paper config) against the bytes of inputs + outputs + grads
   conv     causal conv1d (W 4, silu) triton vs the F.conv1d reference;  decode: one selective_state_update step
-Official mamba_ssm CUDA times (../shared/reference/h200_official_kernels.csv, measured 2026-11-28 on an H200)
+Official mamba_ssm CUDA times (ssmbench/reference/h200_official_kernels.csv, measured 2026-11-28 on an H200)
 are joined as targets where the shape matches; they were measured in another process, so the ratio to them is
 indicative, while the ratios between columns of one row are same-run comparisons.
 """
@@ -46,15 +46,25 @@ from ssmbench.perf.timing import clear_grads, cuda_peak, do_bench_median
 
 DEV = "cuda"
 ROWS: list[dict] = []
-OFFICIAL = {  # (B, D, L, gated_z) -> (fwd_ms, fwdbwd_ms), mamba_ssm 2.3.2 on an H200, bf16
-    (1, 1024, 512, True): (0.0246, 0.2347), (1, 1024, 1024, True): (0.0284, 0.4292),
-    (1, 1024, 2048, True): (0.0497, 0.3459), (1, 1024, 4096, True): (0.0949, 0.5036),
-    (1, 1024, 8192, True): (0.1866, 0.9635), (1, 1024, 16384, True): (0.376, 1.8608),
-    (1, 1024, 32768, True): (0.7409, 3.7571), (1, 1024, 65536, True): (1.4616, 7.1075),
-    (1, 1024, 131072, True): (2.9646, 14.267), (1, 1024, 262144, True): (5.8267, 28.8476),
-    (1, 1024, 524288, True): (11.9054, 57.8012), (8, 1536, 4096, True): (0.8804, 4.3317),
-    (1, 1024, 32768, False): (0.7078, 3.6294), (8, 1536, 4096, False): (0.8253, 4.2756),
-}
+
+
+def official_times() -> dict:
+    """(B, D, L, gated_z) -> (fwd_ms, fwdbwd_ms) of the official mamba_ssm scan, from the CSV shipped in
+    ssmbench.reference (measured on an H200 in another process; see H200_OFFICIAL_CSV there)."""
+    from importlib.resources import files
+
+    from ssmbench import reference
+
+    with files(reference).joinpath(reference.H200_OFFICIAL_CSV).open() as f:
+        rows = list(csv.DictReader(f))
+    def ms(v: str) -> float:
+        return float(v) if v else math.nan  # a forward-only row (inference shapes) has no fwdbwd time
+
+    return {(int(r["B"]), int(r["D"]), int(r["L"]), r["gated_z"] == "True"): (ms(r["fwd_ms"]), ms(r["fwdbwd_ms"]))
+            for r in rows if r["op"] == "mamba_ssm_selective_scan"}
+
+
+OFFICIAL = official_times()
 
 
 def log(*a):

@@ -66,7 +66,7 @@ cat "$OUT/logs/versions.txt"
 nvidia-smi >"$OUT/logs/nvidia-smi.txt" 2>&1 || true
 
 OFFICIAL=""
-for f in shared/reference/h200_official_kernels.csv ../shared/reference/h200_official_kernels.csv; do
+for f in ssmbench/reference/h200_official_kernels.csv shared/reference/h200_official_kernels.csv; do
   if [ -f "$f" ]; then OFFICIAL=$(cd "$(dirname "$f")" && pwd)/$(basename "$f"); break; fi
 done
 

@@ -1,6 +1,6 @@
 """Reports for the profiler's folders: kernel timings, decode throughput, generator overhead.
 
-    ssmbench-profile-report results/kernels [--official ../shared/reference/h200_official_kernels.csv]
+    ssmbench-profile-report results/kernels [--official ssmbench/reference/h200_official_kernels.csv]
     ssmbench-profile-report results/generation
     ssmbench-profile-report results/generators
 
