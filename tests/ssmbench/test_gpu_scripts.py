@@ -1,0 +1,39 @@
+"""The shell drivers of GPU calls, run on the CPU: scripts/gpu_parallel.sh trains a study file's runs side by side,
+spread round-robin over the host's GPUs (GPUS=N stands in for nvidia-smi), each run's log naming its GPU, and
+scripts/gpu_snapshot.sh brings the study back into $OUT as tarballs of rows and run folders."""
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from .helpers import tiny_overrides
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_parallel_runs_are_spread_over_gpus_and_the_study_comes_back(tmp_path):
+    study = tmp_path / "study.txt"
+    lines = ["# a comment line, skipped", ""]
+    for name, model in (("a", "mamba"), ("b", "lstm"), ("c", "s4")):
+        lines.append(f"{name}  {' '.join(tiny_overrides(model))} study=par device=cpu")
+    study.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "GPUS": "2", "PYTHON": sys.executable, "OUT": str(out), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_parallel.sh"), str(study), "120",
+                          str(tmp_path / "results")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    logs = tmp_path / "results" / "par" / "logs"
+    first = {p.stem: p.read_text().splitlines()[0] for p in logs.glob("*.log")}
+    assert sorted(first) == ["a", "b", "c"]
+    assert [first[n].split(" gpu ")[1] for n in "abc"] == ["0 of 2", "1 of 2", "0 of 2"]
+    assert len(list((tmp_path / "results" / "par" / "rows").glob("*.json"))) == 3
+    # the snapshot: rows and logs in par.tgz, run folders (kept models) in par_runs_<k>.tgz
+    with tarfile.open(out / "par.tgz") as t:
+        names = t.getnames()
+    assert sum(n.endswith(".json") and "/rows/" in n for n in names) == 3 and not any("/runs/" in n for n in names)
+    with tarfile.open(out / "par_runs_0.tgz") as t:
+        assert sum(n.endswith("model.pt") for n in t.getnames()) == 3
