@@ -35,7 +35,7 @@ from .grouping import (
     variant_labels,
 )
 from .paper import write_comparison
-from .plots import induction_extrapolation, learning_curves, line_styles, save_figure
+from .plots import _chance_lines, induction_extrapolation, learning_curves, line_styles, save_figure
 from .progress_report import write_in_progress
 from .results import load_all
 
@@ -161,8 +161,12 @@ def plot(df: pd.DataFrame, out: Path) -> list[Path]:
             ax.set_xscale("log", base=2)
         for L in sorted(ok["train_len"].dropna().unique()):
             ax.axvline(L, color="grey", ls=":", lw=1)
-        ax.set_xlabel("evaluation sequence length (tokens; dotted: training length)")
-        ax.legend(title="model", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+        for t in ok["task"].dropna().unique():
+            _chance_lines(ax, ok[ok["task"] == t], t)
+        scale = ", log2 scale" if lengths[-1] / lengths[0] >= 4 else ""
+        ax.set_xlabel(f"evaluation sequence length (tokens{scale}; dotted: training length)")
+        ax.legend(title="model (band: min-max over seeds)" if ok["seed"].nunique() > 1 else "model",
+                  loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     elif not ok.empty:
         _bars(ax, ok, "accuracy (%)", palette)
         for c in ax.containers:
