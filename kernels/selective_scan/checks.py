@@ -77,6 +77,17 @@ def _device(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor):
         _fail(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
 
 
+def _input(name: str, t, floats: tuple, backend: str | None, ref_name: str, ref: torch.Tensor,
+           optional: bool = False) -> bool:
+    """A tensor argument's own checks, in order: a tensor (or None when optional), a float dtype the backend takes,
+    on the device of `ref`. False when an optional argument is absent."""
+    if not _tensor(name, t, optional=optional):
+        return False
+    _dtype(name, t, floats, backend)
+    _device(name, t, ref_name, ref)
+    return True
+
+
 def _like(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor, axes: tuple[str, ...]):
     """t must have ref's shape; the axes are named for the message."""
     if t.dim() != ref.dim():
@@ -157,28 +168,20 @@ def check_scan_args(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_
     batch, dim, L = u.shape
     axes = ("batch", "dim", "L")
     for name, t in (("delta", delta), ("z", z)):
-        if _tensor(name, t, optional=name == "z"):
-            _dtype(name, t, floats, backend)
-            _device(name, t, "u", u)
+        if _input(name, t, floats, backend, "u", u, optional=name == "z"):
             _like(name, t, "u", u, axes)
     _tensor("A", A)
     _device("A", A, "u", u)
     N = _check_A(A, dim, "u", u, floats, backend)
     groups = {}
     for name, X in (("B", B), ("C", C)):
-        _tensor(name, X)
-        _dtype(name, X, floats, backend)
-        _device(name, X, "u", u)
+        _input(name, X, floats, backend, "u", u)
         groups[name] = _scan_bc(name, X, batch, dim, L, N, u, A)
     _groups_agree(groups["B"], groups["C"], B, C)
     for name, t in (("D", D), ("delta_bias", delta_bias)):
-        if _tensor(name, t, optional=True):
-            _dtype(name, t, floats, backend)
-            _device(name, t, "u", u)
+        if _input(name, t, floats, backend, "u", u, optional=True):
             _per_channel(name, t, dim, "u", u)
-    if _tensor("initial_state", initial_state, optional=True):
-        _dtype("initial_state", initial_state, floats, backend)
-        _device("initial_state", initial_state, "u", u)
+    if _input("initial_state", initial_state, floats, backend, "u", u, optional=True):
         if tuple(initial_state.shape) != (batch, dim, N):
             _fail(f"initial_state must be [batch, dim, N] = [{batch}, {dim}, {N}] but has shape "
                   f"{_shape(initial_state)} (u: {_shape(u)}, A: {_shape(A)})")
@@ -194,31 +197,23 @@ def check_step_args(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, *, back
         _fail(f"x must be [batch, dim] (one token) but has shape {_shape(x)}")
     batch, dim = x.shape
     for name, t in (("dt", dt), ("z", z)):
-        if _tensor(name, t, optional=name == "z"):
-            _dtype(name, t, floats, backend)
-            _device(name, t, "x", x)
+        if _input(name, t, floats, backend, "x", x, optional=name == "z"):
             _like(name, t, "x", x, ("batch", "dim"))
     _tensor("A", A)
     _device("A", A, "x", x)
     N = _check_A(A, dim, "x", x, floats, backend)
-    _tensor("state", state)
-    _dtype("state", state, floats, backend)
-    _device("state", state, "x", x)
+    _input("state", state, floats, backend, "x", x)
     if tuple(state.shape) != (batch, dim, N):
         _fail(f"state must be [batch, dim, N] = [{batch}, {dim}, {N}] but has shape {_shape(state)} "
               f"(x: {_shape(x)}, A: {_shape(A)})")
     groups = {}
     for name, X in (("B", B), ("C", C)):
-        _tensor(name, X)
-        _dtype(name, X, floats, backend)
-        _device(name, X, "x", x)
+        _input(name, X, floats, backend, "x", x)
         if X.dim() not in (2, 3):
             _fail(f"{name} must be [batch, N] or [batch, groups, N] for one step but has shape {_shape(X)} "
                   f"(x: {_shape(x)})")
         groups[name] = _varying_bc(name, X, batch, dim, N, -1, X.shape[1] if X.dim() == 3 else 1, "x", x, A)
     _groups_agree(groups["B"], groups["C"], B, C)
     for name, t in (("D", D), ("dt_bias", dt_bias)):
-        if _tensor(name, t, optional=True):
-            _dtype(name, t, floats, backend)
-            _device(name, t, "x", x)
+        if _input(name, t, floats, backend, "x", x, optional=True):
             _per_channel(name, t, dim, "x", x)
