@@ -75,7 +75,8 @@ def _mean_band(ax, table: pd.DataFrame, style: dict, label: str) -> None:
         ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=style["color"], alpha=0.15, lw=0)
 
 
-def _chance_lines(ax, rows: pd.DataFrame, task: str) -> None:
+def chance_lines(ax, rows: pd.DataFrame, task: str) -> None:
+    """A dashed line at chance accuracy (%) for each vocabulary size among `rows` of `task`."""
     vocab = rows["task.vocab_size"].dropna().unique() if "task.vocab_size" in rows else []
     for V in vocab:
         p = chance_accuracy(task, int(V))
@@ -111,7 +112,7 @@ def learning_curves(df: pd.DataFrame, out: Path) -> Path | None:
         for label, g in hist.groupby("label"):
             for ax, metric in ((acc_ax, "accuracy"), (loss_ax, "loss")):
                 _mean_band(ax, g.pivot_table(index="step", columns="run_id", values=metric), styles[label], label)
-        _chance_lines(acc_ax, df[df["task"] == task], task)
+        chance_lines(acc_ax, df[df["task"] == task], task)
         acc_ax.set(xlabel="training step", ylabel="held-out accuracy (%)", ylim=(0, 102), title=f"{task}: accuracy")
         loss_ax.set(xlabel="training step", ylabel="held-out loss (cross-entropy, nats)", yscale="log",
                     title=f"{task}: loss")
@@ -160,7 +161,7 @@ def induction_extrapolation(df: pd.DataFrame, out: Path) -> Path | None:
                 label=f"paper: {name}")
     for L in sorted(rows["train_len"].dropna().unique()):
         ax.axvline(L, color="grey", ls=":", lw=1.2, label=f"training length ({int(L)})")
-    _chance_lines(ax, rows, "induction")
+    chance_lines(ax, rows, "induction")
     lengths = sorted(set(paper.columns) | set(rows["eval_len"].dropna().astype(int)))
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_locator(FixedLocator(lengths))

@@ -35,7 +35,7 @@ from .grouping import (
     variant_labels,
 )
 from .paper import write_comparison
-from .plots import _chance_lines, induction_extrapolation, learning_curves, line_styles, save_figure
+from .plots import chance_lines, induction_extrapolation, learning_curves, line_styles, save_figure
 from .progress_report import write_in_progress
 from .results import load_all
 
@@ -162,7 +162,7 @@ def plot(df: pd.DataFrame, out: Path) -> list[Path]:
         for L in sorted(ok["train_len"].dropna().unique()):
             ax.axvline(L, color="grey", ls=":", lw=1)
         for t in ok["task"].dropna().unique():
-            _chance_lines(ax, ok[ok["task"] == t], t)
+            chance_lines(ax, ok[ok["task"] == t], t)
         scale = ", log2 scale" if lengths[-1] / lengths[0] >= 4 else ""
         ax.set_xlabel(f"evaluation sequence length (tokens{scale}; dotted: training length)")
         ax.legend(title="model (band: min-max over seeds)" if ok["seed"].nunique() > 1 else "model",
@@ -186,10 +186,17 @@ def plot(df: pd.DataFrame, out: Path) -> list[Path]:
         if runs[col].notna().sum() == 0:
             continue
         fig, ax = plt.subplots(figsize=(8, 4))
-        _bars(ax, runs.assign(value=runs[col] / (2**20 if "mem" in col else 1)), "value", palette, "median")
+        data = runs.assign(value=runs[col] / (2**20 if "mem" in col else 1))
+        _bars(ax, data, "value", palette, "median")
+        seeds = data.groupby("label")["seed"].nunique().max()
+        if seeds > 1:  # the bar is the median; each run a dot, so the spread over seeds shows
+            order = [t.get_text() for t in ax.get_xticklabels()]
+            sns.stripplot(data=data, x="label", y="value", order=order, color="black", size=3, jitter=0.15, ax=ax)
+            ax.set_xlabel("model")
         ax.set_ylabel(label)
         dev = ", ".join(sorted(runs["device"].dropna().unique()))
-        ax.set_title(f"{label.split(' (')[0].capitalize()} — {dev}", fontsize=10)
+        what = f" (bars: median of {seeds} seeds; dots: runs)" if seeds > 1 else ""
+        ax.set_title(f"{label.split(' (')[0].capitalize()} — {dev}{what}", fontsize=10)
         paths.append(save_figure(fig, out / name))
     return paths
 
