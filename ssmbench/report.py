@@ -195,7 +195,7 @@ def plot(df: pd.DataFrame, out: Path) -> list[Path]:
             ax.set_xlabel("model")
         ax.set_ylabel(label)
         dev = ", ".join(sorted(runs["device"].dropna().unique()))
-        what = f" (bars: median of {seeds} seeds; dots: runs)" if seeds > 1 else ""
+        what = " (bars: median over seeds; dots: runs)" if seeds > 1 else ""
         ax.set_title(f"{label.split(' (')[0].capitalize()} — {dev}{what}", fontsize=10)
         paths.append(save_figure(fig, out / name))
     return paths
