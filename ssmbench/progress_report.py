@@ -81,10 +81,13 @@ def in_progress_plot(runs: list[dict], out: Path) -> Path | None:
 
 
 def write_in_progress(folder: str | Path) -> str:
-    """Markdown section (empty string when nothing is in progress); also draws plots/in_progress.png."""
+    """Markdown section (empty string when nothing is in progress); also draws plots/in_progress.png, and
+    removes it once every run has finished (a stale figure of paused runs would read as current)."""
     folder = Path(folder)
     runs = runs_in_progress(folder)
     if not runs:
+        for stale in (folder / "plots").glob("in_progress.*"):
+            stale.unlink()
         return ""
     in_progress_plot(runs, folder / "plots" / "in_progress.png")
     return ("## Runs in progress (not results)\n\nPaused runs continue from their checkpoints on the next call of "

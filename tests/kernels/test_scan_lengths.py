@@ -47,7 +47,7 @@ def run_case(L: int, layout: str, opts: dict, *, batch=2, dim=4, N=3, dtype=torc
     from ssmbench.kernels.selective_scan.triton_scan import LAST_LAUNCH, selective_scan_triton
 
     inp = make_inputs(batch, dim, L, N, dtype=dtype, z=opts["z"], D=opts["D"], bias=opts["bias"], seed=seed,
-                      **LAYOUTS[layout])
+                      softplus=opts["softplus"], **LAYOUTS[layout])
     last, softplus = opts["last"], opts["softplus"]
     present = [k for k, v in inp.items() if v is not None]
     fast = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in inp.items()}

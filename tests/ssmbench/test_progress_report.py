@@ -2,7 +2,7 @@
 
 import json
 
-from ssmbench.progress_report import runs_in_progress
+from ssmbench.progress_report import runs_in_progress, write_in_progress
 
 
 def _run(folder, rid, status, step):
@@ -22,3 +22,17 @@ def test_paused_and_evaluating_runs_are_listed_and_a_run_with_rows_is_not(tmp_pa
     (tmp_path / "rows" / ("d" * 16 + ".json")).write_text("[]")
     listed = {r["run_id"]: r["status"] for r in runs_in_progress(tmp_path)}
     assert listed == {"a" * 16: "paused", "b" * 16: "evaluating"}
+
+
+def test_the_in_progress_figure_goes_once_every_run_has_finished(tmp_path):
+    _run(tmp_path, "a" * 16, "paused", 40)
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    for ext in ("png", "pdf"):
+        (plots / f"in_progress.{ext}").write_bytes(b"old")
+    assert "Runs in progress" in write_in_progress(tmp_path)  # still paused: listed (no history, so no new plot)
+    assert (plots / "in_progress.png").exists()
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "rows" / ("a" * 16 + ".json")).write_text("[]")
+    assert write_in_progress(tmp_path) == ""
+    assert not list(plots.glob("in_progress.*"))
