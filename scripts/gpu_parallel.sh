@@ -5,7 +5,7 @@
 #   bash scripts/gpu_parallel.sh scripts/studies/induction.txt BUDGET_S [RESULTS_ROOT] [extra overrides...]
 # (PYTHON=.venv/bin/python to use a virtualenv's ssmbench)
 # On a host with several GPUs the runs are spread round-robin, one GPU per process through CUDA_VISIBLE_DEVICES
-# (GPUS=N overrides the count nvidia-smi gives; each log's first line names its GPU).
+# (GPUS=N overrides the count nvidia-smi gives; each piece's log starts with a line naming its GPU).
 # The study file holds one run a line: a name, then that run's ssmbench arguments (experiment=... sets the
 # study folder). Logs: RESULTS_ROOT/<study>/logs/<name>.log. On the lent GPU machine ($OUT set) each study folder
 # is copied into $OUT every minute and at the end (gpu_snapshot.sh), so a call cut off by its time limit still
@@ -32,6 +32,8 @@ while read -r name args; do
   if [ "$gpus" -gt 1 ]; then
     pin=(env CUDA_VISIBLE_DEVICES=$((i % gpus)))
     echo "# $(date -u +%FT%TZ) gpu $((i % gpus)) of $gpus" >>"$root/$study/logs/$name.log"
+  else  # every piece's log says how many GPUs its call spread runs over (scripts/pieces_throughput.py reads it)
+    echo "# $(date -u +%FT%TZ) gpu 0 of 1 (CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-unset})" >>"$root/$study/logs/$name.log"
   fi
   i=$((i + 1))
   # shellcheck disable=SC2086

@@ -63,7 +63,7 @@ def in_progress_plot(runs: list[dict], out: Path) -> Path | None:
         label = (f"{r.get('model', r['run_id'])} (seed {r.get('seed', '?')}, lr {r.get('lr', '?')}, "
                  f"step {r['step']}/{r.get('steps', '?')})")
         ax.plot(h["step"], 100 * h["accuracy"], color=model_colour(model), ls=LINE_STYLES[k % len(LINE_STYLES)],
-                label=label, lw=1.6)
+                label=label, lw=1.6, marker="o", ms=3)  # markers: a run with one check so far still shows
     tasks = {r.get("task") for r in with_history}
     if len(tasks) == 1 and "config" in with_history[0]:
         import yaml  # noqa: F401  (omegaconf brings PyYAML)
