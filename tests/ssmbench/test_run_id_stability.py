@@ -11,8 +11,9 @@ from ssmbench.run import prepare
 from .helpers import compose_cfg
 
 STUDIES = Path(__file__).resolve().parents[2] / "scripts" / "studies"
-# results/induction/runs/<id>: Table 11 runs trained on the GPU across sessions, by study file and run name
-# (the arguments are read from the study file, so the file and the ids are checked together)
+# results/<study>/runs/<id>: runs trained on the GPU across sessions (Table 11 finished, its models kept by id;
+# the attention retries and Table 1 in progress), by study file and run name (the arguments are read from the
+# study file, so the file and the ids are checked together)
 IN_PROGRESS = {
     ("induction.txt", "mamba"): "e19929bb17a1fa13",
     ("induction.txt", "transformer_abs"): "2e3d18f5ec7b429a",
@@ -22,6 +23,23 @@ IN_PROGRESS = {
     ("induction.txt", "hyena"): "b3ae99a7114c73a2",
     ("induction.txt", "mamba_s1"): "1b79615d384ca197",
     ("induction.txt", "mamba_s2"): "743928f141a08baa",
+    ("induction.txt", "transformer_abs_lr1e3"): "0ddcd350362cd060",
+    ("induction.txt", "transformer_lr1e3"): "7143751a5677f730",
+    ("induction.txt", "transformer_abs_s1"): "a828f5a66f3b7508",
+    ("induction.txt", "transformer_s1"): "ca5e8fbc7146b9fa",
+    ("table1.txt", "s4"): "2425c9f14a2a559b",
+    ("table1.txt", "s6_nogate"): "d97b6caad1fec431",
+    ("table1.txt", "h3"): "fe46f9ecf6fe3341",
+    ("table1.txt", "hyena"): "b3c90da3cfa93627",
+    ("table1.txt", "s6_h3"): "843ae24443eced6e",
+    ("table1.txt", "mamba_s4"): "6bf567f41280d476",
+    ("table1.txt", "mamba_hyena"): "c5b052574ae40a3b",
+    ("table1.txt", "mamba"): "06ba1efcab6da2bb",
+    ("table1.txt", "transformer"): "87f6f72de57d3803",
+    ("table1.txt", "lstm"): "ea977398e87b94db",
+    ("table1.txt", "s6_nogate_s1"): "ecadf1aa63ea56ba",
+    ("table1.txt", "s6_h3_s1"): "651e9ee006f4c1d1",
+    ("table1.txt", "mamba_s1"): "81b88c5d46a5f3df",
 }
 
 
@@ -37,6 +55,6 @@ def test_run_ids_of_runs_in_progress_are_stable(run, expected):
     p = prepare(compose_cfg([*study_args(*run), "device=cpu"]))
     identity = {**p.identity, "device": "cuda"}  # they run on the GPU
     assert run_id(identity) == expected, (
-        "this change moves the run id of a paused study run: its checkpoint under results/induction/runs/"
+        "this change moves the run id of a paused study run: its checkpoint under results/<study>/runs/"
         f"{expected} would no longer be found. Keep old ids (e.g. leave a new key out of the identity while it "
         "has its default) or move the run folders to their new ids and update this test.")
