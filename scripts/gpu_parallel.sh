@@ -12,10 +12,25 @@
 # brings back the last checkpoints. BUDGET_S covers training only: a run that finishes then evaluates (for
 # induction up to 15 lengths, up to 30 s each), so leave the call ~8 minutes more than BUDGET_S when runs may
 # finish and ~1 minute when none can.
+# MPS=1 runs the processes under the CUDA Multi-Process Service, so that kernels of runs sharing a GPU can run
+# at the same time instead of taking turns (scripts/trainbench_share.sh measures whether that pays); if its
+# daemon does not start here, the runs go on time-sliced and the first log line of the call says so.
 set -uo pipefail
 list=${1:?study file}; budget=${2:?budget in seconds}; root=${3:-results}; shift 3 || shift $#
 here=$(dirname "$0")
 py=${PYTHON:-python3}  # the interpreter that has ssmbench installed
+sharing="time-sliced"
+if [ "${MPS:-0}" = 1 ]; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/ssmbench-mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/ssmbench-mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d 2>/dev/null; then
+    sharing="mps"
+    trap 'echo quit | nvidia-cuda-mps-control 2>/dev/null' EXIT
+  else
+    sharing="time-sliced (MPS=1 asked, but nvidia-cuda-mps-control -d failed)"
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+  fi
+fi
 studies=()
 pids=()
 gpus=${GPUS:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)}
@@ -31,9 +46,9 @@ while read -r name args; do
   pin=()
   if [ "$gpus" -gt 1 ]; then
     pin=(env CUDA_VISIBLE_DEVICES=$((i % gpus)))
-    echo "# $(date -u +%FT%TZ) gpu $((i % gpus)) of $gpus" >>"$root/$study/logs/$name.log"
+    echo "# $(date -u +%FT%TZ) gpu $((i % gpus)) of $gpus, $sharing" >>"$root/$study/logs/$name.log"
   else  # every piece's log says how many GPUs its call spread runs over (scripts/pieces_throughput.py reads it)
-    echo "# $(date -u +%FT%TZ) gpu 0 of 1 (CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-unset})" >>"$root/$study/logs/$name.log"
+    echo "# $(date -u +%FT%TZ) gpu 0 of 1 (CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-unset}), $sharing" >>"$root/$study/logs/$name.log"
   fi
   i=$((i + 1))
   # shellcheck disable=SC2086
