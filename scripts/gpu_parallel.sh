@@ -19,8 +19,13 @@ set -uo pipefail
 list=${1:?study file}; budget=${2:?budget in seconds}; root=${3:-results}; shift 3 || shift $#
 here=$(dirname "$0")
 py=${PYTHON:-python3}  # the interpreter that has ssmbench installed
+# THREADS=1 trains the runs given to one GPU in one process, one thread and CUDA stream each (ssmbench.multirun),
+# so their kernels can overlap without MPS; the process's own output goes to <study>/multirun_gpu<k>.out.
 sharing="time-sliced"
-if [ "${MPS:-0}" = 1 ]; then
+declare -A groups=()
+if [ "${THREADS:-0}" = 1 ]; then
+  sharing="threads (one process per GPU, a thread per run)"
+elif [ "${MPS:-0}" = 1 ]; then
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/ssmbench-mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/ssmbench-mps-log
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
   if nvidia-cuda-mps-control -d 2>/dev/null; then
@@ -50,12 +55,24 @@ while read -r name args; do
   else  # every piece's log says how many GPUs its call spread runs over (scripts/pieces_throughput.py reads it)
     echo "# $(date -u +%FT%TZ) gpu 0 of 1 (CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-unset}), $sharing" >>"$root/$study/logs/$name.log"
   fi
+  k=$((gpus > 1 ? i % gpus : 0))
   i=$((i + 1))
+  if [ "${THREADS:-0}" = 1 ]; then
+    groups[$k]+="$name,"
+    continue
+  fi
   # shellcheck disable=SC2086
   "${pin[@]}" "$py" -m ssmbench.cli $args results_root="$root" trainer.max_time_s="$budget" trainer.progress=false \
     "$@" >>"$root/$study/logs/$name.log" 2>&1 &
   pids+=($!)
 done < "$list"
+for k in "${!groups[@]}"; do
+  pin=()
+  [ "$gpus" -gt 1 ] && pin=(env CUDA_VISIBLE_DEVICES="$k")
+  "${pin[@]}" "$py" -m ssmbench.multirun "$list" --names "${groups[$k]}" results_root="$root" \
+    trainer.max_time_s="$budget" trainer.progress=false "$@" >>"$root/${studies[0]}/multirun_gpu$k.out" 2>&1 &
+  pids+=($!)
+done
 snappers=()
 if [ -n "${OUT:-}" ]; then
   for study in "${studies[@]}"; do bash "$here/gpu_snapshot.sh" "$root/$study" 60 & snappers+=($!); done

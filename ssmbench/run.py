@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from ssmbench.models.registry import ConfigError, check_block_keys
 from .checkpoint import save_model
 from .config import INVOCATION_KEYS, EvalConfig, TrainerConfig
 from .env import environment
+from .env import resolve_device as _resolve_device
 from .evaluate import autocast_factory, evaluate_length
 from .metrics import free_cached_memory, is_out_of_memory
 from .results import rows_dir
@@ -36,6 +38,7 @@ from .tracking import TrackingError, check_logger
 from .train import TrainerConfigError, train, validate_trainer
 
 log = logging.getLogger("ssmbench")
+_INIT_LOCK = threading.Lock()  # see execute()
 
 
 class RunConfigError(ValueError):
@@ -57,15 +60,7 @@ class Prepared:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as e:
-        raise RunConfigError(f"device={name!r} is not a device name (auto, cpu, cuda, cuda:N)") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunConfigError(f"device={name!r} but CUDA is not available here; use device=cpu or device=auto")
-    return device
+    return _resolve_device(name, RunConfigError)
 
 
 def build_task(task_cfg: DictConfig):
@@ -242,8 +237,10 @@ def execute(p: Prepared, run_id: str, study: str, run_folder: Path | None = None
     check_seed = check_seed_of(p.cfg.seed)
     params = 0
     try:
-        torch.manual_seed(p.cfg.seed)  # parameter init only; tasks draw from their own generator
-        model = LanguageModel(p.model_cfg, p.task.vocab_size).to(p.device)
+        with _INIT_LOCK:  # the global generator is the process's: runs in threads (ssmbench.multirun) take turns
+            torch.manual_seed(p.cfg.seed)  # parameter init only; tasks draw from their own generator
+            model = LanguageModel(p.model_cfg, p.task.vocab_size)
+        model = model.to(p.device)
         params = model.num_parameters()
         res = train(model, p.task, p.trainer, p.device, p.precision, autocast, gen, check_seed,
                     desc=f"{p.model_cfg.name} {p.cfg.task.name} L={p.task.seq_len} seed={p.cfg.seed} [{run_id}]",

@@ -16,6 +16,7 @@ The batch is sampled outside the graph and copied into the graph's static input 
 from __future__ import annotations
 
 import math
+import threading
 import traceback
 from contextlib import nullcontext
 from pathlib import Path
@@ -26,6 +27,7 @@ from .config import TrainerConfig
 from .metrics import loss_and_accuracy
 
 STEP_MODES = ("auto", "eager", "graphs")
+_CAPTURE_LOCK = threading.Lock()
 
 
 def lr_factor(cfg: TrainerConfig, step: int) -> float:
@@ -228,7 +230,11 @@ class TrainStep:
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            # Several runs may train in one process, one thread each (ssmbench.multirun): captures take turns, each
+            # on its own stream (torch.cuda.graph's default capture stream is shared by every caller), and in
+            # "thread_local" mode, so that other threads' work during a capture is not taken for part of it.
+            with _CAPTURE_LOCK, torch.cuda.graph(graph, stream=torch.cuda.Stream(self.device),
+                                                 capture_error_mode="thread_local"):
                 self._body(self.static_inputs, self.static_targets)
         except Exception as e:  # a layer that cannot be captured: record why and go on eagerly
             torch.cuda.synchronize(self.device)

@@ -39,3 +39,24 @@ def test_parallel_runs_are_spread_over_gpus_and_the_study_comes_back(tmp_path):
     assert sum(n.endswith(".json") and "/rows/" in n for n in names) == 3 and not any("/runs/" in n for n in names)
     with tarfile.open(out / "par_runs_0.tgz") as t:
         assert sum(n.endswith("model.pt") for n in t.getnames()) == 3
+
+
+def test_threads_mode_trains_each_gpus_runs_in_one_process(tmp_path):
+    study = tmp_path / "study.txt"
+    study.write_text("".join(f"{n}  {' '.join(tiny_overrides(m))} study=thr device=cpu\n"
+                             for n, m in (("a", "mamba"), ("b", "s4"), ("c", "lstm"))))
+    env = {**os.environ, "GPUS": "2", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "THREADS": "1"}
+    env.pop("OUT", None)
+    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_parallel.sh"), str(study), "120",
+                          str(tmp_path / "results")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    folder = tmp_path / "results" / "thr"
+    first = {p.stem: p.read_text().splitlines()[0] for p in (folder / "logs").glob("*.log")}
+    assert [first[n].split(" gpu ")[1] for n in "abc"] == [
+        f"{k} of 2, threads (one process per GPU, a thread per run)" for k in (0, 1, 0)]
+    # two processes, one per GPU: a and c share the first
+    assert sorted(p.name for p in folder.glob("multirun_gpu*.out")) == ["multirun_gpu0.out", "multirun_gpu1.out"]
+    assert len(list((folder / "rows").glob("*.json"))) == 3
+    for n in "abc":
+        assert "rows written" in (folder / "logs" / f"{n}.log").read_text()

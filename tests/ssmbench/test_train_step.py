@@ -1,6 +1,7 @@
 """The training step: device-side meters, step modes, and (on a GPU) graphs that follow eager's loss curve."""
 
 import math
+import threading
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ from ssmbench.run import prepare
 from ssmbench.step import Meters, TrainStep, lr_factor, resolve_step_mode
 
 from .helpers import compose_cfg, tiny_overrides
+
+_INIT = threading.Lock()
 
 
 def test_meters_keep_the_first_non_finite_step_and_reset_the_window():
@@ -48,8 +51,10 @@ def test_schedule_warms_up_then_decays():
 
 def _losses(model_name: str, mode: str, steps: int, extra=()) -> tuple[list[float], TrainStep]:
     p = prepare(compose_cfg(tiny_overrides(model_name) + ["device=cuda", "trainer.precision=fp32", *extra]))
-    torch.manual_seed(0)
-    model = LanguageModel(p.model_cfg, p.task.vocab_size).to(p.device)
+    with _INIT:  # the global generator is shared by threads (see the threads test)
+        torch.manual_seed(0)
+        model = LanguageModel(p.model_cfg, p.task.vocab_size)
+    model = model.to(p.device)
     step = TrainStep(model, p.task, p.trainer, p.device, p.precision, mode)
     gen = torch.Generator(device=p.device).manual_seed(0)
     losses = []
@@ -73,6 +78,36 @@ def test_graphed_step_follows_eager_loss_curve(model_name):
     tail_e, tail_g = sum(eager[-10:]) / 10, sum(graphed[-10:]) / 10
     assert abs(tail_e - tail_g) <= 0.02 * tail_e, (eager, graphed)
     assert tail_g < sum(graphed[:5]) / 5  # and it trains
+
+
+@pytest.mark.gpu
+def test_graphs_captured_and_replayed_in_threads_follow_the_runs_alone():
+    # ssmbench.multirun: runs in threads of one process, each on its own stream, capture their steps while the
+    # others replay theirs. Each must train as it does alone (within the graphed-vs-eager tolerance above).
+    names = ["mamba", "transformer", "s4"]
+    alone = {n: _losses(n, "graphs", 30)[0] for n in names}
+    together, errors = {}, []
+
+    def work(n):
+        try:
+            with torch.cuda.stream(torch.cuda.Stream()):
+                losses, step = _losses(n, "graphs", 30)
+            assert step.mode == "graphs", step.reason
+            together[n] = losses
+        except BaseException as e:  # noqa: BLE001  (reported below, with the run's name)
+            errors.append(f"{n}: {e!r}")
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for n in names:
+        a, b = alone[n], together[n]
+        for x, y in zip(a[:5], b[:5]):
+            assert abs(x - y) <= 1e-3 * abs(x), (n, a, b)
+        assert abs(sum(a[-10:]) - sum(b[-10:])) <= 0.02 * sum(a[-10:]), (n, a, b)
 
 
 def _cpu_losses(device_schedule: bool, steps: int, resume_from=None):
