@@ -1,9 +1,10 @@
 """Training throughput of a study's runs per GPU call, read from their logs (durable runs, README "Long runs, in
 pieces"). Every piece of a run ends with a log line "paused at step S of N (trainer.max_time_s=B spent ...)", and
-gpu_parallel.sh starts each log with "# <time> gpu k of n" when it pins runs to GPUs; a call is identified by its
-budget B and the minutes its pieces ended. (gpu_parallel.sh writes the GPU line for 1-GPU calls too since
-commit after cac4c50; in older logs such a piece inherits the line of the call before it.) Writes one CSV row per (call, run): steps trained in that piece, and
-prints the steps per second of each call summed over its runs, which is what several runs sharing GPUs achieve.
+gpu_parallel.sh starts each piece's log with "# <time> gpu k of n, <sharing>"; a call is identified by its budget
+B and the minutes its pieces ended. (Before commit 979294d that line was written only when runs were spread over
+several GPUs; in older logs a 1-GPU piece inherits the line of the call before it.) Writes one CSV row per (call,
+run), the steps trained in that piece, and prints the steps per second of each call summed over its runs: what
+several runs sharing GPUs achieve.
 
     python scripts/pieces_throughput.py results/table1 [--out results/scaleout/table1_pieces.csv]
 """
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("study", type=Path, help="a study folder with logs/*.log, e.g. results/table1")
     ap.add_argument("--out", type=Path, help="CSV of the pieces (default: print only)")
+    ap.add_argument("--per-run", action="store_true", help="also print each piece's steps per second")
     a = ap.parse_args(argv)
     if not (a.study / "logs").is_dir():
         print(f"no logs/ folder in {a.study}", file=sys.stderr)
@@ -65,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         steps = sum(r["steps_in_piece"] for r in rs)
         budget = rs[0]["budget_s"]
         print(f"{rs[0]['ended']}  {budget:8.0f}  {rs[0]['gpus']:4d}  {len(rs):4d}  {steps:6d}  {steps / budget:8.1f}")
+        if a.per_run:
+            for r in sorted(rs, key=lambda r: r["log"]):
+                print(f"    {r['log']:<24} {r['model']:<18} {r['steps_in_piece']:7d} steps  "
+                      f"{r['steps_in_piece'] / budget:8.1f} steps/s")
     return 0
 
 
