@@ -49,7 +49,7 @@ LAST_LAUNCH: dict = {}
 class ScanConfig:
     """Launch parameters. chunk = checkpoint interval = the backward's block length. The forward block
     length must divide chunk or be a multiple of it. Defaults: the best of the sweeps in
-    scripts/bench_kernels.py on an H200 (numbers in results/kernels/README.md): one warp per program wins, since
+    scripts/scan_sweeps.py on an H200 (numbers in results/kernels/README.md): one warp per program wins, since
     a program's tile then needs no cross-warp barriers and many programs share an SM. chunk 32: since the
     backward's reverse scan runs through register flips, its [N, 32] tiles fit in the registers without spills
     (more warps per SM than at chunk 64), and the backward is faster for it. The price: twice the checkpoints,
@@ -67,11 +67,15 @@ class ScanConfig:
     # per SM, so below this many programs per SM it is stored even when nobody asked for it.
     nograd_store_last_below_programs_per_sm: int = 64
     # Caps on registers per thread (ptxas maxrregcount; None: the compiler's choice). Timed on an H200
-    # (`scripts/bench_kernels.py --sections regs,regs_bwd`, results/kernels/regs/, summed up in
+    # (`scripts/scan_sweeps.py --sections regs,regs_bwd`, results/kernels/regs/, summed up in
     # results/kernels/README.md): no cap won anywhere but by noise; capped below what the compiler takes, both
     # kernels spill and slow down.
     maxnreg_fwd: int | None = None
     maxnreg_bwd: int | None = None
+    # Copies of the backward's fp32 dB/dC accumulators (None: the memory-capped rule of _n_copies). Fixed counts
+    # are for sweeps: at Table 1's training shape (batch 64, dim 128, L 4128) the rule leaves one copy, which all
+    # 128 channels of a batch element add into at once.
+    acc_copies: int | None = None
 
 
 DEFAULT_CONFIG = ScanConfig()
@@ -281,8 +285,12 @@ def _bwd_launch(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus
     # one buffer [P, 2 or 1, batch, groups, N, L], zeroed and summed over the copies in one op each.
     var_shape = tuple(Bt.shape) if b_var else tuple(Ct.shape)
     n_var = b_var + c_var
-    P = _n_copies(n_var * Bt.numel() * 4 if b_var else n_var * Ct.numel() * 4, dim // groups, u) \
-        if n_var else 1
+    if not n_var:
+        P = 1
+    elif cfg.acc_copies is not None:
+        P = max(1, min(cfg.acc_copies, dim // groups))  # more copies than channels per group would stay zero
+    else:
+        P = _n_copies(n_var * Bt.numel() * 4 if b_var else n_var * Ct.numel() * 4, dim // groups, u)
     acc = torch.zeros((P, n_var) + var_shape, dtype=f32, device=dev) if n_var else None
     dB = acc[:, 0] if b_var else None
     dC = acc[:, n_var - 1] if c_var else None

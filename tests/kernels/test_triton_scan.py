@@ -8,6 +8,7 @@ element the kernels never write fails the comparison.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -197,6 +198,14 @@ def test_register_caps_and_chunk_32():
     from ssmbench.kernels.selective_scan.triton_scan import ScanConfig
     cfg = ScanConfig(block_l_fwd=64, chunk=32, maxnreg_fwd=128, maxnreg_bwd=128)
     check(make_inputs(2, 4, 150, 16, seed=19), config=cfg)
+
+
+@pytest.mark.parametrize("copies", [1, 3, 64])
+def test_fixed_accumulator_copies(copies):
+    # dB/dC summed over any number of accumulator copies (64 > the 4 channels per group: capped to 4), in the
+    # grouped layout where channels of a group share them
+    cfg = dataclasses.replace(_small_cfg(), acc_copies=copies)
+    check(make_inputs(2, 8, 70, 4, bc="groups", groups=2, seed=20 + copies), config=cfg)
 
 
 def test_noncontiguous_inputs():
