@@ -7,11 +7,13 @@
 # 4. gpu tests   the decoders against greedy forward on CUDA (eager and CUDA graphs), and the pytest-benchmark
 #                GPU suites (OUT/benchmarks/gpu.json) when pytest-benchmark is installed
 # 5. reports     OUT/{kernels,generation,generators}/{rows.csv,summary.md,plots/,environment.json}
+# Not in the default stages: targets (ssmbench-profile profile=targets into OUT/targets, about 5 minutes: the
+# kernels' speed targets beside the official kernel's times), e.g. STAGES="targets" for that alone.
 # Each stage has its own time limit (and the apps their own budget_s inside it), so one that overruns cannot
 # starve the next; rows are written as they are measured, so a stage stopped early keeps what it measured.
 # Logs: OUT/logs/<stage>.log. Uses $PYTHON (default: python). Needs torch with CUDA, triton, hydra-core,
 # pandas, seaborn, tabulate; mamba_ssm and flash_attn are used when importable.
-# STAGES="kernels generators" runs only the stages named (default: all four; reports follow what ran).
+# STAGES="kernels generators" runs only the stages named (default: the four above; reports follow what ran).
 # TARBALL=FILE packs OUT into one tar.gz at the end. Where the code runs from a copy without .git (a lent GPU
 # machine), set SSMBENCH_COMMIT=<commit> so every row records the code it measured.
 # A dry run of this script on a CPU, at toy sizes (a minute or two):
@@ -77,6 +79,8 @@ stage() {  # skip the stages not asked for
 }
 stage kernels 210 $PY -m ssmbench.perf.cli kernels profile="${PRESET:-kernels}" results_root="$OUT" study=kernels \
   report=false hydra.run.dir="$OUT/logs/hydra/kernels"
+stage targets 360 $PY -m ssmbench.perf.cli kernels profile="${PRESET:-targets}" results_root="$OUT" study=targets \
+  report=false hydra.run.dir="$OUT/logs/hydra/targets"
 stage generation 330 $PY -m ssmbench.perf.cli generate generation="${PRESET:-h200}" results_root="$OUT" \
   study=generation report=false hydra.run.dir="$OUT/logs/hydra/generation"
 stage generators 55 $PY -m ssmbench.perf.cli taskbench taskbench="${PRESET:-full}" results_root="$OUT" \
@@ -87,7 +91,7 @@ if $PY -c "import pytest_benchmark" >/dev/null 2>&1; then
 else
   stage gpu_tests 40 $PY -m pytest -q -p no:cacheprovider -m gpu tests/ssmbench/test_profile.py -o addopts=""
 fi
-for s in kernels generation generators; do
+for s in kernels targets generation generators; do
   if [ -d "$OUT/$s/rows" ]; then
     stage "report_$s" 40 $PY -m ssmbench.perf.cli report "$OUT/$s" --quiet ${OFFICIAL:+--official "$OFFICIAL"}
   fi
@@ -95,6 +99,7 @@ done
 echo "== headlines"
 [ -f "$OUT/kernels/summary.md" ] && awk '/^## B=/{print} /^### Speed-up of the fused scan.*forward \+ backward/{f=1; n=0}
   f{print; if (/^$/ && ++n == 2) exit}' "$OUT/kernels/summary.md"
+[ -f "$OUT/targets/summary.md" ] && sed -n '/^## Targets/,/^## B=/p' "$OUT/targets/summary.md" | sed '$d'
 [ -f "$OUT/generation/summary.md" ] && sed -n '/^## Findings/,/^## Tokens/p' "$OUT/generation/summary.md"
 [ -f "$OUT/generators/summary.md" ] && grep -h "Worst case" "$OUT/generators/summary.md"
 if [ -n "${TARBALL:-}" ]; then  # one file to carry back (a lent machine returns only a few files)

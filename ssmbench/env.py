@@ -1,4 +1,4 @@
-"""The environment every result row carries: device, library versions, commit."""
+"""The environment every result row carries: device, library versions, commit; and the device a config names."""
 
 from __future__ import annotations
 
@@ -29,6 +29,20 @@ def git_commit() -> str:
         return commit
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def resolve_device(name: str, error: type[Exception] = ValueError) -> torch.device:
+    """The device a config's `device` key names: auto (CUDA when there is one, else the CPU), cpu, cuda, cuda:N.
+    A name that is not a device, or CUDA where there is none, raises `error` (each app's config error)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise error(f"device={name!r} is not a device name (auto, cpu, cuda, cuda:N)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise error(f"device={name!r} but CUDA is not available here; use device=cpu or device=auto")
+    return device
 
 
 def device_name(device: torch.device) -> str:

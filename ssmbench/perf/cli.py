@@ -1,6 +1,7 @@
 """Hydra apps of the profiler, and its report:
 
     ssmbench-profile                          # kernel timings, the H200 sweep (conf/profile/kernels.yaml)
+    ssmbench-profile profile=targets          # the kernels' speed targets beside the official kernel's times
     ssmbench-profile profile=cpu_smoke        # the same at toy sizes, CPU-friendly (seconds)
     ssmbench-profile 'lengths=[1024,4096]' 'dtypes=[bf16,fp32]' 'shapes=[{batch:8,dim:1536,d_state:16}]'
     ssmbench-profile 'backends.attention=[sdpa_flash]' 'backends.s4_fft_conv=[]'   # choose / drop backends
@@ -11,11 +12,11 @@
     ssmbench-taskbench taskbench=cpu_smoke
     ssmbench-profile-report results/kernels   # tables and plots (each app also writes its report at the end)
 
-Rows go to <results_root>/<study>/rows/*.json (studies: kernels, generation, generators); Hydra's own logs to
-<results_root>/<study>/hydra/. Without the console scripts installed: `python -m ssmbench.perf.cli
-{kernels,generate,taskbench,report} [overrides...]`. Schemas: ssmbench/perf/kernels.py (ProfileConfig),
-ssmbench/perf/generation.py (GenerationConfig), ssmbench/perf/tasks.py (TaskBenchConfig); a mistyped key or a
-wrong type fails before any work, naming the key.
+Rows go to <results_root>/<study>/rows/*.json (studies: kernels, kernel_targets, generation, generators);
+Hydra's own logs to <results_root>/<study>/hydra/. Without the console scripts installed: `python -m
+ssmbench.perf.cli {kernels,generate,taskbench,report} [overrides...]`. Schemas: ssmbench/perf/kernels.py
+(ProfileConfig), ssmbench/perf/generation.py (GenerationConfig), ssmbench/perf/tasks.py (TaskBenchConfig); a
+mistyped key or a wrong type fails before any work, naming the key.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .generation import GenerationConfig, GenerationConfigError, run_generation
 from .kernels import ProfileConfig, ProfileConfigError, run_profile
+from .official import default_csv
 from .tasks import TaskBenchConfig, run_taskbench
 
 log = logging.getLogger("ssmbench.profile")
@@ -43,6 +45,19 @@ def register_profile_configs() -> None:
 
 
 register_profile_configs()
+
+
+def compose_profile(overrides: list[str]) -> ProfileConfig:
+    """The profiler's config as `ssmbench-profile <overrides>` composes it (e.g. ["profile=targets"]), as the
+    schema's object. Works inside a running Hydra app and outside one (tests, scripts)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    if GlobalHydra.instance().is_initialized():
+        cfg = compose(config_name="profile", overrides=overrides)
+    else:
+        with initialize_config_module(config_module="ssmbench.conf", version_base="1.3"):
+            cfg = compose(config_name="profile", overrides=overrides)
+    return OmegaConf.to_object(cfg)
 
 
 def _report(cfg, official: str | None = None) -> None:
@@ -68,7 +83,7 @@ def _profile_app(cfg: DictConfig) -> None:
     except ProfileConfigError as e:
         _fail("ssmbench-profile", e)
     if obj.report:
-        _report(obj, obj.official_csv)
+        _report(obj, obj.official_csv or default_csv())
 
 
 @hydra.main(version_base="1.3", config_path="pkg://ssmbench.conf", config_name="generation")

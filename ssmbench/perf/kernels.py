@@ -2,6 +2,9 @@
 
     rows = run_profile(ProfileConfig(...))      # what `ssmbench-profile` runs (ssmbench/perf/cli.py)
 
+Presets (conf/profile/): kernels (every backend over L, the default), targets (the kernels' speed targets, with
+the official kernel's times beside them), cpu_smoke (toy sizes).
+
 Ops and their backends (the registry `OPS`; each op builds its inputs for a shape and returns callables). The
 kernel ops time every row of their backend table (SCAN_TABLE, CONV_TABLE: kernels/<op>/table.py), which also
 ranks their series (`priority`):
@@ -15,6 +18,15 @@ ranks their series (`priority`):
 Shapes follow the Mamba paper's Figure 8 (left): u, delta, z [batch, dim, L]; B, C [batch, 1, N, L]; the same
 [batch, L, dim] activations for the convolutions and q, k, v [batch, dim/64, L, 64] for attention.
 
+Shapes. Each entry of `shapes` may name its own lengths, passes, dtypes and backends (None: the profile's), and
+force the Triton scan's long-sequence path on or off (`long_sequence`); `name` labels its rows (shape_name).
+
+Official times. Every selective_scan row of a backend other than mamba_ssm carries the official mamba_ssm
+kernel's time at its point (official_ms, official_source, official_csv, vs_official; ssmbench/perf/official.py):
+measured in this process when the profile ran the mamba_ssm series there, else read from `official_csv` (default:
+the committed ssmbench/reference/h200_official_kernels.csv). The rows are written once measured, with the CSV's
+time; when the official series measures the same point later in the run, the rows are rewritten with it.
+
 Timing (ssmbench/perf/timing.py time_call). On CUDA, `triton.testing.do_bench` (L2 flushed between calls,
 gradients reset): the median and the 20th and 80th percentiles of all its samples. Calls slower than `slow_ms`
 are timed with CUDA events over a few calls instead (do_bench would spend 5 calls just estimating). On the CPU,
@@ -25,7 +37,9 @@ Bandwidth. Each op says how many bytes it cannot avoid moving (`bytes_fwd` / `by
 once and every output written once; the backward reads the inputs and the output gradient again and writes one
 gradient per input; nothing intermediate counts). achieved = bytes / median time, and `bw_frac` compares it to
 the device's copy bandwidth (bytes read + written by a large device-to-device copy) measured in the same run.
-For attention (compute-bound) the rows also carry FLOPs and TFLOP/s.
+For attention (compute-bound) the rows also carry FLOPs and TFLOP/s. Memory: `io_bytes` is what must be
+resident (inputs and outputs; fwdbwd adds the output gradient and the input gradients) and, on CUDA,
+`peak_over_io` = the allocator's peak during one call / io_bytes.
 
 Robustness. A point that runs out of memory is a row with status "oom" (and the longer lengths of that series
 are not tried: "oom" with error "not run: ..."); a backend that cannot run here is "unavailable" with the
@@ -49,13 +63,15 @@ import torch
 import torch.nn.functional as F
 
 from ssmbench.env import environment
+from ssmbench.env import resolve_device as _resolve_device
 from ssmbench.kernels.causal_conv1d.table import CONV_TABLE
 from ssmbench.kernels.common.dispatch import BackendTable
 from ssmbench.kernels.selective_scan.table import SCAN_TABLE
 from ssmbench.metrics import is_out_of_memory
 from ssmbench.results import read_rows, rows_path, run_id, write_rows
 
-from .timing import DTYPES, Budget, free_memory, peak_memory, time_call
+from .official import OfficialTimes, is_official, takes_official
+from .timing import DTYPES, Budget, copy_bandwidth_gbps, free_memory, peak_memory, time_call
 
 log = logging.getLogger("ssmbench.profile")
 
@@ -71,6 +87,23 @@ class ShapeConfig:
     dim: int = 1024  # scan / conv channels; attention uses dim / head_dim heads
     d_state: int = 16
     max_len: Optional[int] = None  # longest L for this shape (None: all of `lengths`)
+    # This shape's own choices; None: the profile's key of the same name (`backends` replaces the profile's
+    # whole op -> backends map: the ops it leaves out do not run at this shape).
+    lengths: Optional[list[int]] = None
+    passes: Optional[list[str]] = None
+    dtypes: Optional[list[str]] = None
+    backends: Optional[dict[str, list[str]]] = None
+    long_sequence: Optional[bool] = None  # the Triton scan's long-sequence path: None its heuristic, true/false forced
+    name: Optional[str] = None  # a label for the rows (shape_name) and the report
+
+
+# ShapeConfig's keys before the per-shape ones: the others enter a series' identity (its run id) only when set, so
+# the run ids of existing studies do not move.
+_SHAPE_KEYS = ("batch", "dim", "d_state", "max_len")
+
+
+def shape_identity(shape: ShapeConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(shape).items() if k in _SHAPE_KEYS or v is not None}
 
 
 def _default_backends() -> dict[str, list[str]]:
@@ -103,55 +136,55 @@ class ProfileConfig:
     seed: int = 0
     resume: bool = False  # keep the rows already measured (status ok/oom/unavailable) and measure the rest
     report: bool = True  # write the report (tables, plots) into the study folder afterwards
-    official_csv: Optional[str] = None  # published/official timings to join in the report (see perf/report.py)
+    # Official timings measured elsewhere (perf/official.py; None: the committed
+    # ssmbench/reference/h200_official_kernels.csv): joined into the scan rows where this run did not measure
+    # mamba_ssm, and drawn by the report as "(ref csv)" series where this run did not measure that implementation.
+    official_csv: Optional[str] = None
 
 
 class ProfileConfigError(ValueError):
     pass
 
 
+def _check_choices(key: str, lengths, dtypes, passes, backends) -> None:
+    """One set of lengths / dtypes / passes / op -> backends (None: not given); `key` prefixes the messages."""
+    if lengths is not None and (not lengths or any(L <= 0 for L in lengths)):
+        raise ProfileConfigError(f"{key}lengths must be a non-empty list of positive integers, got {lengths}")
+    for d in dtypes or ():
+        if d not in DTYPES:
+            raise ProfileConfigError(f"{key}dtypes: {d!r} is not one of {sorted(DTYPES)}")
+    for p in passes or ():
+        if p not in PASSES:
+            raise ProfileConfigError(f"{key}passes: {p!r} is not one of {PASSES}")
+    for op, names in (backends or {}).items():
+        if op not in OPS:
+            raise ProfileConfigError(f"{key}{op}: unknown op; ops: {sorted(OPS)}")
+        for b in names:
+            if b not in OPS[op].backends:
+                raise ProfileConfigError(f"{key}{op}: unknown backend {b!r}; {op} has {OPS[op].backends}")
+
+
 def validate_profile(cfg: ProfileConfig) -> None:
     """Names and values, before any work; the message names the key."""
-    if not cfg.lengths or any(L <= 0 for L in cfg.lengths):
-        raise ProfileConfigError(f"lengths must be a non-empty list of positive integers, got {cfg.lengths}")
+    _check_choices("", cfg.lengths, cfg.dtypes, cfg.passes, None)
     if not cfg.shapes:
         raise ProfileConfigError("shapes must not be empty")
     for i, s in enumerate(cfg.shapes):
         for k in ("batch", "dim", "d_state"):
             if getattr(s, k) <= 0:
                 raise ProfileConfigError(f"shapes[{i}].{k} must be > 0, got {getattr(s, k)}")
-    for d in cfg.dtypes:
-        if d not in DTYPES:
-            raise ProfileConfigError(f"dtypes: {d!r} is not one of {sorted(DTYPES)}")
-    for p in cfg.passes:
-        if p not in PASSES:
-            raise ProfileConfigError(f"passes: {p!r} is not one of {PASSES}")
+        _check_choices(f"shapes[{i}].", s.lengths, s.dtypes, s.passes, None)
+        for k in ("dtypes", "passes"):
+            if getattr(s, k) is not None and not getattr(s, k):
+                raise ProfileConfigError(f"shapes[{i}].{k} must not be empty (leave it out for the profile's)")
+        _check_choices(f"shapes[{i}].backends.", None, None, None, s.backends)
     for section in ("backends", "limits"):
-        for op, backends in getattr(cfg, section).items():
-            if op not in OPS:
-                raise ProfileConfigError(f"{section}.{op}: unknown op; ops: {sorted(OPS)}")
-            for b in backends:
-                if b not in OPS[op].backends:
-                    raise ProfileConfigError(f"{section}.{op}: unknown backend {b!r}; {op} has {OPS[op].backends}")
+        _check_choices(f"{section}.", None, None, None, getattr(cfg, section))
     if cfg.head_dim <= 0 or cfg.conv_width <= 0:
         raise ProfileConfigError("head_dim and conv_width must be > 0")
     for k in ("rep_ms", "max_call_ms", "slow_ms"):
         if not getattr(cfg, k) > 0:
             raise ProfileConfigError(f"{k} must be > 0, got {getattr(cfg, k)}")
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Copy bandwidth (time_call, peak_memory: ssmbench.perf.timing)
-
-def copy_bandwidth_gbps(device: torch.device, nbytes: int, warmup_ms: float = 25.0, rep_ms: float = 100.0) -> float:
-    """Bytes read + written per second (GB/s) by a device-to-device copy of `nbytes`: the ceiling the
-    bandwidth columns are compared to."""
-    n = max(1, nbytes // 4)
-    x = torch.ones(n, dtype=torch.float32, device=device)
-    y = torch.empty_like(x)
-    t = time_call(lambda src=x, dst=y: dst.copy_(src), device, warmup_ms=warmup_ms, rep_ms=rep_ms)
-    del x, y
-    return 2 * n * 4 / (t.median_ms * 1e-3) / 1e9
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -167,6 +200,7 @@ class Shape:
     head_dim: int = 64
     conv_width: int = 4
     gated: bool = True
+    long_sequence: Optional[bool] = None  # the Triton scan's long-sequence path (None: its heuristic)
 
     @property
     def heads(self) -> int:
@@ -184,6 +218,9 @@ class Case:
     flops_fwd: float = math.nan
     flops_fwdbwd: float = math.nan
     info: dict[str, Any] = field(default_factory=dict)
+    # bytes that must be resident: inputs and outputs (fwdbwd: + output gradient + input gradients); 0: not counted
+    io_fwd: int = 0
+    io_fwdbwd: int = 0
 
 
 def _nbytes(*ts) -> int:
@@ -213,7 +250,8 @@ def _make_case(call: Callable[..., torch.Tensor], inputs: dict[str, Any], out_by
 
     in_bytes = _nbytes(*[v for v in inputs.values() if isinstance(v, torch.Tensor)])
     grad_bytes = _nbytes(*grads)
-    return Case(fwd, fwdbwd, grads, in_bytes + out_bytes, 2 * in_bytes + 2 * out_bytes + grad_bytes)
+    return Case(fwd, fwdbwd, grads, in_bytes + out_bytes, 2 * in_bytes + 2 * out_bytes + grad_bytes,
+                io_fwd=in_bytes + out_bytes, io_fwdbwd=in_bytes + 2 * out_bytes + grad_bytes)
 
 
 def _rand(gen: torch.Generator, device, *shape) -> torch.Tensor:
@@ -228,12 +266,18 @@ def _scan_case(backend: str, s: Shape, device: torch.device, gen: torch.Generato
     inputs = paper_scan_inputs(s.batch, s.dim, s.seq_len, s.d_state, s.dtype, s.gated, generator=gen)
     impl = SCAN_TABLE.profiled()[backend]
 
+    forced = impl == "triton" and s.long_sequence is not None  # the path forced: the Triton entry point itself
+
     def call(**kw):
+        if forced:
+            from ssmbench.kernels.selective_scan.triton_scan import selective_scan_triton
+            return selective_scan_triton(**kw, delta_softplus=True, long_sequence=s.long_sequence)
         return selective_scan(**kw, delta_softplus=True, backend=impl)
 
     case = _make_case(call, inputs, _nbytes(inputs["u"]))
-    if backend == "triton":
+    if impl == "triton":
         from ssmbench.kernels.selective_scan import triton_scan
+        triton_scan.LAST_LAUNCH.clear()  # nothing left from another shape's calls
         case.info["launch"] = triton_scan.LAST_LAUNCH  # filled by the calls; copied into the row afterwards
     return case
 
@@ -418,12 +462,7 @@ def _backend_version(op: str, backend: str) -> str:
 # The sweep
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ProfileConfigError(f"device={name!r} but CUDA is not available here")
-    return device
+    return _resolve_device(name, ProfileConfigError)
 
 
 def _short_error(e: BaseException) -> str:
@@ -443,18 +482,23 @@ class Series:
     backend: str
     shape: ShapeConfig
     dtype: str
+    shape_index: int = 0  # the shape's place in the profile's `shapes` (the report's order; not in the identity)
 
     def identity(self, device: torch.device, cfg: ProfileConfig) -> dict:
-        return {"kind": "kernel", "op": self.op, "backend": self.backend, "shape": dataclasses.asdict(self.shape),
+        return {"kind": "kernel", "op": self.op, "backend": self.backend, "shape": shape_identity(self.shape),
                 "dtype": self.dtype, "device": environment(device)["device"], "head_dim": cfg.head_dim,
                 "conv_width": cfg.conv_width, "gated": cfg.gated}
 
 
 def series_of(cfg: ProfileConfig) -> list[Series]:
-    chosen = cfg.backends
-    order = [(op, b) for op, b in priority() if b in chosen.get(op, [])]
-    order += [(op, b) for op, bs in chosen.items() for b in bs if (op, b) not in order]
-    return [Series(op, b, shape, dt) for shape in cfg.shapes for dt in cfg.dtypes for op, b in order]
+    out = []
+    ranked = priority()
+    for i, shape in enumerate(cfg.shapes):
+        chosen = cfg.backends if shape.backends is None else shape.backends
+        order = [(op, b) for op, b in ranked if b in chosen.get(op, [])]
+        order += [(op, b) for op, bs in chosen.items() for b in bs if (op, b) not in order]
+        out += [Series(op, b, shape, dt, i) for dt in (shape.dtypes or cfg.dtypes) for op, b in order]
+    return out
 
 
 def run_profile(cfg: ProfileConfig) -> list[dict]:
@@ -469,18 +513,38 @@ def run_profile(cfg: ProfileConfig) -> list[dict]:
     nbytes = cfg.copy_bytes if device.type == "cuda" else max(1, cfg.copy_bytes // 16)
     copy_gbps = copy_bandwidth_gbps(device, nbytes, cfg.warmup_ms, cfg.rep_ms)
     log.info("device %s; copy bandwidth %.1f GB/s", env["device"], copy_gbps)
+    official = OfficialTimes(cfg.official_csv)
+    if official.error:
+        log.warning("official times: %s", official.error)
     all_rows = []
     for series in series_of(cfg):
-        all_rows += _run_series(series, cfg, device, env, copy_gbps, clock)
+        all_rows += _run_series(series, cfg, device, env, copy_gbps, clock, official)
         free_memory(device)
+    _rejoin_official(all_rows, official, cfg)
     log.info("profile done in %.1f s: %d rows", clock.elapsed(), len(all_rows))
     return all_rows
+
+
+def _rejoin_official(rows: list[dict], official: OfficialTimes, cfg: ProfileConfig) -> None:
+    """The scan rows measured before the official series of their point: their official_* columns again, now that
+    every official time of the run is known; the series files whose rows changed are written again."""
+    changed = set()
+    for r in rows:
+        if not takes_official(r):
+            continue
+        new = official.columns(r)
+        if (new["official_source"], repr(new["official_ms"])) != (r.get("official_source"), repr(r.get("official_ms"))):
+            r.update(new)
+            changed.add(r["run_id"])
+    for rid in changed:
+        write_rows(rows_path(cfg.results_root, cfg.study, rid), [r for r in rows if r["run_id"] == rid])
 
 
 DONE_STATUSES = ("ok", "oom", "unavailable")
 
 
-def _run_series(series: Series, cfg: ProfileConfig, device, env, copy_gbps, clock: Budget) -> list[dict]:
+def _run_series(series: Series, cfg: ProfileConfig, device, env, copy_gbps, clock: Budget,
+                official: OfficialTimes) -> list[dict]:
     spec = OPS[series.op]
     rid = run_id(series.identity(device, cfg))
     path = rows_path(cfg.results_root, cfg.study, rid)
@@ -494,19 +558,26 @@ def _run_series(series: Series, cfg: ProfileConfig, device, env, copy_gbps, cloc
     limit = cfg.limits.get(series.op, {}).get(series.backend)
     base = {"kind": "kernel", "study": cfg.study, "run_id": rid, "op": series.op, "backend": series.backend,
             "impl": impl_label(series.op, series.backend), "batch": s0.batch, "dim": s0.dim, "d_state": s0.d_state,
-            "dtype": series.dtype, "head_dim": cfg.head_dim, "conv_width": cfg.conv_width, "gated": cfg.gated,
-            "copy_gbps": copy_gbps, "backend_version": _backend_version(series.op, series.backend), **env}
+            "dtype": series.dtype, "shape_index": series.shape_index, "head_dim": cfg.head_dim,
+            "conv_width": cfg.conv_width, "gated": cfg.gated, "copy_gbps": copy_gbps,
+            "backend_version": _backend_version(series.op, series.backend), **env}
+    if s0.name is not None:
+        base["shape_name"] = s0.name
+    if s0.long_sequence is not None:
+        base["long_sequence"] = s0.long_sequence
     rows: list[dict] = []
     last: dict[str, tuple[int, float]] = {}  # pass -> (L, median ms) of the last measured length
     oom_at: dict[str, int] = {}
     unavailable = None
-    for L in sorted(cfg.lengths):
+    for L in sorted(s0.lengths or cfg.lengths):
         if s0.max_len is not None and L > s0.max_len:
             continue
-        shape = Shape(s0.batch, s0.dim, L, s0.d_state, DTYPES[series.dtype], cfg.head_dim, cfg.conv_width, cfg.gated)
-        for pas in cfg.passes:
+        shape = Shape(s0.batch, s0.dim, L, s0.d_state, DTYPES[series.dtype], cfg.head_dim, cfg.conv_width, cfg.gated,
+                      s0.long_sequence)
+        for pas in s0.passes or cfg.passes:
             if (L, pas) in kept:
                 rows.append(kept[(L, pas)])
+                official.record(kept[(L, pas)], "same_study")
                 if kept[(L, pas)]["status"] == "ok":
                     last[pas] = (L, kept[(L, pas)]["time_ms"])
                 continue
@@ -538,6 +609,10 @@ def _run_series(series: Series, cfg: ProfileConfig, device, env, copy_gbps, cloc
                 elif row["status"] == "unavailable":
                     unavailable = row["error"]
             row["predicted_ms"] = predicted
+            if is_official(row):
+                official.record(row, "same_process")
+            elif takes_official(row):
+                row.update(official.columns(row))
             rows.append(row)
             log.info("%-28s %-6s B=%d D=%d L=%-7d %s: %s", row["impl"], pas, s0.batch, s0.dim, L, series.dtype,
                      f"{row['time_ms']:.4f} ms" if row["status"] == "ok" else f"{row['status']} ({row['error']})")
@@ -561,10 +636,12 @@ def _measure(series: Series, shape: Shape, pas: str, cfg: ProfileConfig, device,
         peak, extra = peak_memory(fn, device, grads)
         nbytes = case.bytes_fwd if pas == "fwd" else case.bytes_fwdbwd
         flops = case.flops_fwd if pas == "fwd" else case.flops_fwdbwd
+        io = case.io_fwd if pas == "fwd" else case.io_fwdbwd
         gbps = nbytes / (t.median_ms * 1e-3) / 1e9
         out = {"time_ms": t.median_ms, "time_p20_ms": t.p20_ms, "time_p80_ms": t.p80_ms, "time_min_ms": t.min_ms,
                "samples": t.samples, "timer": t.timer, "peak_mem_bytes": peak, "peak_extra_bytes": extra,
                "mem_kind": "cuda_allocator" if device.type == "cuda" else "process_rss",
+               "io_bytes": io, "peak_over_io": peak / io if io and device.type == "cuda" else math.nan,
                "bytes_moved": nbytes, "achieved_gbps": gbps, "bw_frac": gbps / copy_gbps, "flops": flops,
                "tflops": flops / (t.median_ms * 1e-3) / 1e12}
         for k, v in case.info.items():

@@ -1,8 +1,10 @@
 """Reports for the profiler's folders: kernel timings, decode throughput, generator overhead.
 
     ssmbench-profile-report results/kernels [--official ssmbench/reference/h200_official_kernels.csv]
+    ssmbench-profile-report results/kernel_targets
     ssmbench-profile-report results/generation
     ssmbench-profile-report results/generators
+    ssmbench-profile-report results/scan_sweeps      # rows of scripts/scan_sweeps.py
 
 Each folder gets rows.csv (every row, flat), summary.md (the tables below, failures, environment),
 environment.json and plots/. Which report is written follows the rows' `kind`.
@@ -12,7 +14,10 @@ Kernels: per shape and dtype, a table of median times (ms) by sequence length, o
 implementation (other time / fused time, same run, same length); achieved bandwidth as a fraction of the copy
 bandwidth measured in the same run; and a log-log plot of time against length, one line per implementation
 (the Mamba paper's Figure 8, left). With --official (or the profile config's official_csv), timings measured
-elsewhere (the official mamba_ssm kernel, SDPA) are joined where the shape matches, marked "(ref csv)".
+elsewhere (the official mamba_ssm kernel, SDPA) are joined where the shape matches, marked "(ref csv)". Where
+the scan rows carry the official kernel's time (official_ms, perf/official.py), the summary opens with the
+targets table: the fused scan against it at every point, its source, and causal SDPA FlashAttention beside them.
+Kernel sweeps (scripts/scan_sweeps.py): one table per section.
 Generation: tokens/s and peak memory by batch for each model and mode, the Mamba/Transformer throughput ratio,
 the largest batch each model ran and where the Transformer's KV cache stopped fitting; plots of throughput and
 memory against batch (the paper's Figure 8, right). Generators: generator time as a share of a training step.
@@ -30,6 +35,8 @@ import pandas as pd
 from ssmbench.plots import model_colour, save_figure
 from ssmbench.results import load_all
 
+from .official import read_official_csv
+
 FUSED = "selective_scan:triton"
 BAND = ("time_ms", "time_p20_ms", "time_p80_ms")
 
@@ -45,47 +52,87 @@ def _length_label(L: int) -> str:
     return f"2^{k}" if 2 ** k == L else str(L)
 
 
+def _forced(r) -> bool | None:
+    """The row's forced long-sequence path (True/False), or None where the heuristic chose (or the column is
+    absent or empty)."""
+    v = r.get("long_sequence")
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else bool(v)
+
+
 def _shape_key(r) -> str:
-    return f"B={int(r['batch'])}, D={int(r['dim'])}, N={int(r['d_state'])}, {r['dtype']}"
+    key = f"B={int(r['batch'])}, D={int(r['dim'])}, N={int(r['d_state'])}, {r['dtype']}"
+    forced = _forced(r)
+    return key if forced is None else f"{key}, long-sequence path {'forced on' if forced else 'off'}"
 
 
 def _shape_slug(r) -> str:
-    return f"B{int(r['batch'])}_D{int(r['dim'])}_N{int(r['d_state'])}_{r['dtype']}"
+    slug = f"B{int(r['batch'])}_D{int(r['dim'])}_N{int(r['d_state'])}_{r['dtype']}"
+    forced = _forced(r)
+    return slug if forced is None else f"{slug}_{'long' if forced else 'plain'}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Kernels
 
-OFFICIAL_OPS = {"mamba_ssm_selective_scan": "selective_scan:mamba_ssm (ref csv)",
-                "sdpa_causal_flash": "attention:sdpa_flash (ref csv)",
-                "sdpa_causal_cudnn": "attention:sdpa_cudnn (ref csv)",
-                "sdpa_causal_efficient": "attention:sdpa_efficient (ref csv)"}
-
-
 def official_rows(path: str | Path, df: pd.DataFrame) -> pd.DataFrame:
-    """Rows in the kernel schema from a reference CSV (op,B,D,L,N,gated_z,fwd_ms,fwdbwd_ms; bf16, head dim
-    64), restricted to the shapes present in df. Gated scan rows are used when the profile gated the scan."""
-    ref = pd.read_csv(path)
+    """Rows in the kernel schema from a reference CSV (read by perf/official.py: op,B,D,L,N,gated_z,fwd_ms,
+    fwdbwd_ms), labelled "<op:backend> (ref csv)" and restricted to the shapes and dtypes present in df. Gated
+    scan rows are used when the profile gated the scan."""
     gated = bool(df["gated"].iloc[0]) if "gated" in df else True
     out = []
-    for _, r in ref.iterrows():
-        label = OFFICIAL_OPS.get(r["op"])
-        if label is None:
+    for r in read_official_csv(path):
+        if r["gated"] is not None and r["gated"] != gated:
             continue
-        if r["op"] == "mamba_ssm_selective_scan" and str(r.get("gated_z")).lower() != str(gated).lower():
-            continue
-        for pas, col in (("fwd", "fwd_ms"), ("fwdbwd", "fwdbwd_ms")):
-            if pd.isna(r.get(col)):
-                continue
-            out.append({"kind": "kernel", "impl": label, "op": label.split(":")[0], "backend": "reference_csv",
-                        "pass": pas, "batch": int(r["B"]), "dim": int(r["D"]), "seq_len": int(r["L"]),
-                        "dtype": "bf16", "status": "ok", "time_ms": float(r[col]), "source": str(path)})
+        out.append({"kind": "kernel", "impl": f"{r['impl']} (ref csv)", "op": r["op"], "backend": "reference_csv",
+                    "pass": r["pass"], "batch": r["batch"], "dim": r["dim"], "seq_len": r["seq_len"],
+                    "dtype": r["dtype"], "status": "ok", "time_ms": r["time_ms"], "source": r["source"]})
     if not out:
         return pd.DataFrame()
     off = pd.DataFrame(out)
-    shapes = df[["batch", "dim", "dtype", "d_state"]].drop_duplicates()
-    off = off.merge(shapes, on=["batch", "dim", "dtype"])  # N comes from the profile's shape (ref rows: N=16)
+    shapes = df[[c for c in ("batch", "dim", "dtype", "d_state", "long_sequence") if c in df]].drop_duplicates()
+    # N (and a forced long-sequence path) come from the profile's shapes: ref rows join each of them (N=16 there)
+    off = off.merge(shapes, on=["batch", "dim", "dtype"])
     return off
+
+
+def _point(r) -> tuple:
+    return (int(r["batch"]), int(r["dim"]), int(r["d_state"]), r["dtype"], int(r["seq_len"]), r["pass"])
+
+
+def targets_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The fused scan at every point where its rows carry the official kernel's time columns (perf/official.py;
+    no table where none of its points has an official time): its time, the official time and where that came
+    from, official / fused (>= 1: target met), causal SDPA FlashAttention at the same point when the profile timed
+    it, and the fwdbwd rows' peak memory over inputs + outputs + gradients."""
+    if "official_source" not in df:
+        return pd.DataFrame()
+    fused = df[(df["impl"] == FUSED) & df["official_source"].notna()]
+    if fused.empty or (fused["official_source"] == "none").all():  # no official time at any of its points
+        return pd.DataFrame()
+    flash = df[(df["impl"] == "attention:sdpa_flash") & (df["status"] == "ok")]
+    flash_ms = {_point(r): r["time_ms"] for _, r in flash.iterrows()}
+    out = []
+    for _, r in fused.iterrows():
+        key = _shape_key(r)
+        name = r.get("shape_name")
+        ok = r["status"] == "ok"
+        t, off = (float(r["time_ms"]) if ok else math.nan), float(r["official_ms"])
+        fl = flash_ms.get(_point(r), math.nan) if _forced(r) is None else math.nan
+        peak = r.get("peak_over_io", math.nan)
+        place = r.get("shape_index", 0)  # the profile's order of shapes (rows of older runs: none)
+        out.append({"_order": (0 if pd.isna(place) else int(place), r["dtype"] != "bf16", int(r["seq_len"]),
+                               r["pass"] != "fwd"),
+                    "shape": f"{name}: {key}" if isinstance(name, str) and name else key,
+                    "L": _length_label(int(r["seq_len"])), "pass": r["pass"],
+                    "triton ms": _fmt_ms(t) if ok else r["status"], "official ms": _fmt_ms(off),
+                    "official source": r["official_source"],
+                    "official / triton": f"{off / t:.2f}x" if ok and not math.isnan(off) else "",
+                    "met": ("yes" if t <= off else "no") if ok and not math.isnan(off) else "",
+                    "flash ms": _fmt_ms(fl), "flash / triton": f"{fl / t:.2f}x" if ok and not math.isnan(fl) else "",
+                    "peak / io": f"{peak:.3f}" if r["pass"] == "fwdbwd" and not pd.isna(peak) else ""})
+    t = pd.DataFrame(out).sort_values("_order", kind="stable").drop(columns="_order")
+    empty = [c for c in ("flash ms", "flash / triton", "peak / io") if set(t[c]) <= {"", "-"}]
+    return t.drop(columns=empty).reset_index(drop=True)
 
 
 def _cell(g: pd.DataFrame) -> str:
@@ -274,6 +321,15 @@ def kernel_report(df: pd.DataFrame, folder: Path, official: str | None = None) -
     copy = measured["copy_gbps"].dropna()
     if len(copy):
         parts += [f"Copy bandwidth measured in this run: {copy.median():.0f} GB/s (read + written per second).", ""]
+    targets = targets_table(measured)
+    if not targets.empty:
+        parts += ["## Targets: the fused scan against the official mamba_ssm kernel", "",
+                  "Median ms. `official source`: same_process (timed in this run: a same-run comparison), "
+                  "same_study (an earlier run of this study, resumed), reference_csv (the official_csv file, "
+                  "measured in another process: indicative), none. `official / triton` >= 1: the fused scan is at "
+                  "least as fast (`met`). `flash`: causal SDPA FlashAttention, same run. `peak / io`: the "
+                  "allocator's peak during one forward+backward over inputs + output + output gradient + input "
+                  "gradients (CUDA).", "", targets.to_markdown(index=False), ""]
     for key, g in df.groupby(df.apply(_shape_key, axis=1), sort=False):
         first = g.iloc[0]
         parts += [f"## {key}", ""]
@@ -310,6 +366,31 @@ def kernel_report(df: pd.DataFrame, folder: Path, official: str | None = None) -
             lambda s: ", ".join(_length_label(int(x)) for x in sorted(s))).reset_index()
         b = b.rename(columns={"seq_len": "lengths"})
         parts += ["## Points without a time", "", b.to_markdown(index=False), ""]
+    return parts
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernel sweeps (scripts/scan_sweeps.py)
+
+SWEEP_HIDDEN = ("kind", "study", "run_id", "section", "device", "torch", "triton", "cuda", "python", "commit",
+                "timestamp", "copy_gbps")
+
+
+def sweep_report(df: pd.DataFrame) -> list[str]:
+    """One table per section of the sweep rows (kind kernel_sweep), its columns those the section fills."""
+    parts = ["# Scan kernel sweeps", "",
+             "Launch-parameter sweeps of the Triton scan (scripts/scan_sweeps.py): kernel development, not the "
+             "benchmark of record (`ssmbench-profile profile=targets`). Median ms (ssmbench/perf/timing.py "
+             "time_call); compare rows within a section.", ""]
+    copy = df["copy_gbps"].dropna() if "copy_gbps" in df else pd.Series(dtype=float)
+    if len(copy):
+        parts += [f"Copy bandwidth measured in the same runs: {copy.median():.0f} GB/s.", ""]
+    for section in dict.fromkeys(df["section"]):
+        g = df[df["section"] == section].dropna(axis=1, how="all")
+        g = g[[c for c in g.columns if c not in SWEEP_HIDDEN]]
+        cells = _map(g, lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v))
+                     else f"{v:.4g}" if isinstance(v, float) else str(v))
+        parts += [f"## {section}", "", cells.to_markdown(index=False), ""]
     return parts
 
 
@@ -550,6 +631,8 @@ def write_profile_report(folder: str | Path, official: str | None = None) -> str
         parts += generation_report(df[kinds == "generation"], folder)
     if (kinds == "taskgen").any():
         parts += taskgen_report(df[kinds == "taskgen"], folder)
+    if (kinds == "kernel_sweep").any():
+        parts += sweep_report(df[kinds == "kernel_sweep"])
     env = _environment(df)
     if env:
         parts += ["## Environment", "", pd.DataFrame(env).to_markdown(index=False), ""]

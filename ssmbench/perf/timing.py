@@ -9,11 +9,13 @@ how samples are summarised and how memory is read, so two benchmarks that say "m
   summarize(times_ms)        median, 20th and 80th percentiles, min (statistics.quantiles, inclusive)
   peak_memory / cuda_peak / allocator_peak   peak bytes during one call, or since the last reset
   free_memory(device)        garbage-collect, then hand the CUDA allocator's cached blocks back
+  copy_bandwidth_gbps        bytes read + written per second by a device-to-device copy: the bandwidth ceiling
+  resolve_device(name)       auto | cpu | cuda | cuda:N -> torch.device (ssmbench.env's, the core's too)
   Budget                     a wall-clock budget a sweep checks between points
   DTYPES                     the dtype names of the configs (bf16, fp16, fp32)
 
-Device synchronisation, resetting the allocator's peak and the OOM test are the core's (ssmbench.metrics); the
-helpers here build on them.
+Device synchronisation, resetting the allocator's peak and the OOM test are the core's (ssmbench.metrics), and so
+is naming the device (ssmbench.env); the helpers here build on them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ from typing import Any, Callable
 
 import torch
 
+from ssmbench.env import resolve_device
 from ssmbench.metrics import peak_memory_bytes, synchronize
+
+__all__ = ["DTYPES", "Budget", "Timing", "allocator_peak", "clear_grads", "copy_bandwidth_gbps", "cuda_event_ms",
+           "cuda_peak", "do_bench_all", "do_bench_median", "free_memory", "peak_memory", "resolve_device",
+           "summarize", "time_call", "wall_ms"]
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -155,6 +162,17 @@ def wall_ms(fn: Callable[[], Any], device: torch.device | str, *, warmup: int = 
         synchronize(device)
         times.append((time.perf_counter() - t0) / calls * 1e3)
     return times
+
+
+def copy_bandwidth_gbps(device: torch.device, nbytes: int, warmup_ms: float = 25.0, rep_ms: float = 100.0) -> float:
+    """Bytes read + written per second (GB/s) by a device-to-device copy of `nbytes` (timed by time_call): the
+    ceiling that achieved bandwidths are compared to."""
+    n = max(1, nbytes // 4)
+    x = torch.ones(n, dtype=torch.float32, device=device)
+    y = torch.empty_like(x)
+    t = time_call(lambda src=x, dst=y: dst.copy_(src), device, warmup_ms=warmup_ms, rep_ms=rep_ms)
+    del x, y
+    return 2 * n * 4 / (t.median_ms * 1e-3) / 1e9
 
 
 class Budget:

@@ -9,4 +9,5 @@ TABLE1_CSV = "mamba_table1_selective_copying.csv"  # Table 1: accuracy (%) per (
 TABLE11_CSV = "mamba_table11_induction_heads.csv"  # Table 11: accuracy (%) per model and test length, or "oom"
 # The official mamba_ssm 2.3.2 CUDA scan and causal SDPA, timed on one H200 on 2026-11-28 (median ms, bf16;
 # columns op,B,D,L,N,gated_z,fwd_ms,fwdbwd_ms). Measured in another process: targets, not same-run comparisons.
+# Read by ssmbench/perf/official.py alone (the profiler's scan rows and its report).
 H200_OFFICIAL_CSV = "h200_official_kernels.csv"

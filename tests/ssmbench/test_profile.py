@@ -4,6 +4,7 @@ decoders against greedy argmax of forward(); failures as rows; the reports; the 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -121,6 +122,69 @@ def test_resume_keeps_measured_points(tmp_path):
     by_len = {r["seq_len"]: r for r in second}
     assert by_len[8]["timestamp"] == first[0]["timestamp"] and by_len[8]["time_ms"] == first[0]["time_ms"]
     assert by_len[32]["status"] == "ok" and len(load_all(tmp_path / "k")) == 3
+
+
+def test_official_times_from_the_same_process_before_the_csv_and_rows_rewritten(tmp_path, monkeypatch):
+    from ssmbench.kernels.common.dispatch import Backend
+    from ssmbench.kernels.selective_scan.table import SCAN_TABLE
+    # the official kernel, stood in for by the reference loop, measured after the torch scan (rank 200 > 90): the
+    # torch rows are written first with the CSV's times, then again with the ones measured in this process
+    monkeypatch.setitem(SCAN_TABLE.rows, "mamba_ssm", Backend(".reference:scan_ref_unchecked", profile_rank=200))
+    ref = tmp_path / "official.csv"
+    ref.write_text("op,B,D,L,N,gated_z,fwd_ms,fwdbwd_ms\n"
+                   "mamba_ssm_selective_scan_fp32,1,16,8,4,True,123.0,456.0\n"
+                   "mamba_ssm_selective_scan_fp32,1,16,32,4,True,7.0,\n"
+                   "mamba_ssm_selective_scan,1,16,32,4,True,99.0,99.0\n"  # bf16: not this profile's dtype
+                   "mamba_ssm_selective_scan_fp32,1,16,32,4,False,99.0,99.0\n")  # ungated
+    cfg = tiny_profile(tmp_path, lengths=[8, 16, 32], backends={"selective_scan": ["torch", "mamba_ssm"]},
+                       limits={"selective_scan": {"mamba_ssm": 16}}, official_csv=str(ref))
+    assert [s.backend for s in prof.series_of(cfg)] == ["torch", "mamba_ssm"]
+    rows = run_profile(cfg)
+    df = pd.DataFrame(rows).set_index(["backend", "seq_len", "pass"])
+    ours = df.loc["torch"]
+    for L in (8, 16):  # measured here: the same-process time wins over the CSV's
+        for pas in ("fwd", "fwdbwd"):
+            r, off = ours.loc[(L, pas)], df.loc[("mamba_ssm", L, pas)]
+            assert off["status"] == "ok" and r["official_source"] == "same_process" and r["official_csv"] == ""
+            assert r["official_ms"] == off["time_ms"] and r["vs_official"] == off["time_ms"] / r["time_ms"]
+    # beyond the official series' length limit: the CSV (forward only at this length), then nothing
+    assert df.loc[("mamba_ssm", 32, "fwd"), "status"] == "skipped"
+    r = ours.loc[(32, "fwd")]
+    assert r["official_source"] == "reference_csv" and r["official_ms"] == 7.0 and r["official_csv"] == "official.csv"
+    r = ours.loc[(32, "fwdbwd")]
+    assert r["official_source"] == "none" and math.isnan(r["official_ms"]) and math.isnan(r["vs_official"])
+    assert "official_ms" not in df.loc["mamba_ssm"].dropna(axis=1, how="all")  # the official rows take none
+    # the store holds the rewritten rows
+    stored = pd.DataFrame(load_all(tmp_path / "k")).set_index(["backend", "seq_len", "pass"])
+    assert list(stored.loc["torch"].sort_index()["official_source"]) == ["same_process"] * 4 + ["reference_csv",
+                                                                                                 "none"]
+    # resumed: nothing measured again, the official times now from an earlier run of the study
+    cfg.resume = True
+    again = pd.DataFrame(run_profile(cfg)).set_index(["backend", "seq_len", "pass"])
+    assert list(again.loc["torch"].sort_index()["official_source"]) == ["same_study"] * 4 + ["reference_csv", "none"]
+    assert (again.loc["torch"]["timestamp"] == ours["timestamp"]).all()
+
+
+def test_shapes_take_their_own_lengths_passes_dtypes_and_backends(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cfg = tiny_profile(tmp_path, backends={"causal_conv1d": ["torch"]}, shapes=[
+        ShapeConfig(batch=1, dim=16, d_state=4),
+        ShapeConfig(batch=2, dim=8, d_state=4, lengths=[32], passes=["fwd"], dtypes=["fp32", "bf16"],
+                    backends={"selective_scan": ["torch"]}, name="own")])
+    df = pd.DataFrame(run_profile(cfg))
+    first = df[df["batch"] == 1]
+    assert set(first["impl"]) == {"causal_conv1d:torch"} and sorted(set(first["seq_len"])) == [8, 16]
+    assert "shape_name" not in first.dropna(axis=1, how="all")
+    own = df[df["batch"] == 2]
+    assert set(own["impl"]) == {"selective_scan:torch"} and set(own["seq_len"]) == {32} and set(own["pass"]) == {"fwd"}
+    assert sorted(own["dtype"]) == ["bf16", "fp32"] and set(own["shape_name"]) == {"own"}
+    # a shape's own keys enter its series' identity only when set: the run ids of existing studies stay
+    plain = prof.Series("causal_conv1d", "torch", ShapeConfig(batch=1, dim=16, d_state=4), "fp32")
+    assert plain.identity(torch.device("cpu"), cfg)["shape"] == {"batch": 1, "dim": 16, "d_state": 4, "max_len": None}
+    with pytest.raises(prof.ProfileConfigError, match=r"shapes\[1\]\.backends\.attention"):
+        run_profile(tiny_profile(tmp_path, shapes=[ShapeConfig(), ShapeConfig(backends={"attention": ["flash3"]})]))
+    with pytest.raises(prof.ProfileConfigError, match=r"shapes\[0\]\.passes"):
+        run_profile(tiny_profile(tmp_path, shapes=[ShapeConfig(passes=["bwd"])]))
 
 
 def test_bad_profile_config_names_the_key(tmp_path):
@@ -293,6 +357,7 @@ def test_profile_app_end_to_end(tmp_path):
     assert len(load_all(folder)) == 16
     summary = (folder / "summary.md").read_text()
     assert "selective_scan:torch" in summary and list((folder / "plots").glob("time_vs_length_*.png"))
+    assert "## Targets" not in summary  # no official time at these toy shapes: no targets table
 
 
 def test_profile_app_rejects_a_typo(tmp_path):
