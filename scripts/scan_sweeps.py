@@ -13,6 +13,9 @@ Sections (default: tune):
             64 and 32 (ScanConfig.maxnreg_fwd / maxnreg_bwd)
   regs_bwd  the backward's part of regs alone
   split     the long-sequence split forced on grids that fill the GPU only once (target_warps_per_sm)
+  copies    dB/dC accumulator copies (ScanConfig.acc_copies: the memory-capped rule, then 1..16 copies) in the
+            backward at the training shapes (Table 1: batch 64, dim 128, L 4128; induction: 8, 128, 256) and
+            the paper's L 2048, where channels of a batch element add into the same addresses at once
 
 Clocks, copy bandwidth and the device are the profiler's (ssmbench/perf/timing.py: time_call is do_bench on CUDA,
 a perf_counter loop on the CPU, where the Triton kernels need TRITON_INTERPRET=1). Rows (kind "kernel_sweep",
@@ -43,7 +46,7 @@ from ssmbench.results import rows_path, run_id, write_rows
 
 log = logging.getLogger("scan_sweeps")
 
-SECTIONS = ("tune", "regs", "regs_bwd", "split")
+SECTIONS = ("tune", "regs", "regs_bwd", "split", "copies")
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 # The shapes of each sweep (batch, dim, L); module constants so that a test can shrink them.
@@ -53,6 +56,8 @@ REGS_SHAPES = [(1, 1024, 2048), (1, 1024, 32768), (8, 1536, 4096)]
 SPLIT_SHAPES = [(1, 1024, 8192), (1, 1024, 32768), (1, 1024, 131072), (8, 1536, 4096)]
 SHORT_L = 2048  # regs: at and below this L the forward is latency-bound, and the forced split is timed too
 SPLIT_TARGETS = (None, 16, 24, 32, 64)  # split: warps per SM the forced split aims at (None: not forced)
+COPIES_SHAPES = [(64, 128, 4128), (8, 128, 256), (1, 1024, 2048)]
+COPIES = (None, 1, 2, 4, 8, 16)  # copies: accumulator copies (None: the rule of triton_scan._n_copies)
 
 
 class Sweeps:
@@ -229,6 +234,25 @@ def split(sw: Sweeps) -> None:
         free_memory(sw.device)
 
 
+def copies(sw: Sweeps) -> None:
+    """The backward's dB/dC accumulator copies: more copies spread the channels' atomics over more addresses, at
+    the price of zeroing and summing the copies (both inside the timed backward) and their memory."""
+    log.info("== copies: dB/dC accumulator copies in the backward (ms)")
+    for (B, D, L) in COPIES_SHAPES:
+        args, dout = sw.inputs(B, D, L)
+        for n in COPIES:
+            cfg = dataclasses.replace(ts.DEFAULT_CONFIG, acc_copies=n)
+            ms = sw.bwd_ms(args, dout, cfg)
+            if ms is not None:
+                per_copy = 2 * B * 16 * L * 4  # fp32 dB and dC of one copy, B/C [batch, 1, N = 16, L]
+                # what the wrapper used: a fixed count is capped at the channels per group (one group here)
+                used = min(n, D) if n is not None else ts._n_copies(per_copy, D, args[0])
+                sw.row("copies", pass_="bwd", B=B, D=D, L=L, copies="rule" if n is None else n, copies_used=used,
+                       acc_mib=used * per_copy / 2 ** 20, reverse=ts.LAST_LAUNCH.get("bwd_reverse"), ms=ms)
+        del args, dout
+        free_memory(sw.device)
+
+
 def _on_term(*_):
     raise KeyboardInterrupt("SIGTERM")
 
@@ -259,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
             sw.report()
         if "split" in sections:
             split(sw)
+            sw.report()
+        if "copies" in sections:
+            copies(sw)
     finally:
         sw.report()
         log.info("done in %.1f s", time.perf_counter() - t0)

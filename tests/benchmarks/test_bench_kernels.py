@@ -256,3 +256,20 @@ def test_scan_sweeps_split_rows_through_the_profilers_store(tmp_path, monkeypatc
     assert (tmp_path / "scan_sweeps" / "rows.csv").exists()
     with pytest.raises(SystemExit):
         sw.main(["--sections", "paper"])  # the benchmarks of record are the profiler's now
+
+
+@pytest.mark.slow
+def test_scan_sweeps_copies_rows_name_the_copies_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    sw = _sweeps_module()
+    monkeypatch.setattr(sw, "COPIES_SHAPES", [(2, 4, 40)])
+    monkeypatch.setattr(sw, "COPIES", (None, 3, 16))
+    monkeypatch.setattr(sw.ts, "DEFAULT_CONFIG", sw.ts.INTERPRETER_CONFIG)
+    assert sw.main(["--sections", "copies", "--device", "cpu", "--results-root", str(tmp_path), "--warmup-ms",
+                    "0.5", "--rep-ms", "1"]) == 0
+    rows = pd.DataFrame(load_all(tmp_path / "scan_sweeps")).set_index("copies")
+    assert list(rows.index) == ["rule", 3, 16] and (rows["ms"] > 0).all()
+    # the rule, at toy sizes, gives as many copies as channels (4, within the 8 MiB floor); a fixed 16 is capped
+    # at the 4 channels too, and the row says what was used
+    assert list(rows["copies_used"]) == [4, 3, 4]
+    assert "## copies" in (tmp_path / "scan_sweeps" / "summary.md").read_text()
