@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import re
 import sys
 from pathlib import Path
@@ -71,7 +72,26 @@ def main(argv: list[str] | None = None) -> int:
             for r in sorted(rs, key=lambda r: r["log"]):
                 print(f"    {r['log']:<24} {r['model']:<18} {r['steps_in_piece']:7d} steps  "
                       f"{r['steps_in_piece'] / budget:8.1f} steps/s")
+    left = steps_left(a.study)
+    if left:
+        last = calls_of(rows)[-1]
+        rate = sum(r["steps_in_piece"] for r in last) / last[0]["budget_s"]
+        print(f"left: {sum(left):,} steps in {len(left)} unfinished runs; at the last call's {rate:.1f} steps/s "
+              f"(on {last[0]['gpus']} GPU(s)), {sum(left) / rate / 60:.0f} minutes of training if none stops early")
     return 0
+
+
+def steps_left(study: Path) -> list[int]:
+    """The steps each unfinished (paused) run of the study still has to train: run.json's steps less
+    progress.json's step."""
+    runs = []
+    for prog in sorted(study.glob("runs/*/progress.json")):
+        p = json.loads(prog.read_text())
+        info = prog.with_name("run.json")
+        total = json.loads(info.read_text()).get("steps") if info.exists() else None
+        if p.get("status") == "paused" and total and not (study / "rows" / f"{prog.parent.name}.json").exists():
+            runs.append(total - int(p.get("step") or 0))
+    return runs
 
 
 def calls_of(rows: list[dict], gap_min: int = 5) -> list[list[dict]]:

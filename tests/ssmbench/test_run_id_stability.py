@@ -40,6 +40,9 @@ IN_PROGRESS = {
     ("table1.txt", "s6_nogate_s1"): "ecadf1aa63ea56ba",
     ("table1.txt", "s6_h3_s1"): "651e9ee006f4c1d1",
     ("table1.txt", "mamba_s1"): "81b88c5d46a5f3df",
+    ("table1.txt", "mamba_lr1e3"): "60824a63191064e6",
+    ("table1.txt", "mamba_s4_lr1e3"): "6956fd5e99060746",
+    ("table1.txt", "mamba_hyena_lr1e3"): "6e7401402b33deea",
 }
 
 
