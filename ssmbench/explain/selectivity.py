@@ -107,20 +107,28 @@ def selectivity_figure(setting: Setting, out: Path) -> Drawn:
     ax_kl.axhline(0, color="black", lw=0.6)
     png = save_figure(fig, out / "2_selectivity.png")
 
-    d_on, d_off = _ratio(mean_delta, data, noise)
+    # Delta at a position is computed from what the scan reads there, the causal conv's mix of that token and
+    # the few before it: a selection may show on a data token or on the noise right after it, so both are
+    # measured against the rest of the noise.
+    after = data + 1
+    after = after[torch.isin(after, noise)]
+    rest = noise[~torch.isin(noise, after)]
+    d_on, d_off = _ratio(mean_delta, data, rest)
+    d_after, _ = _ratio(mean_delta, after, rest)
     b_on, b_off = _ratio(B_norm, data, noise)
     c_on, c_off = _ratio(C_norm, data, noise)
-    state = ("a trained model: where it learned to select, Delta is large on the data tokens (write them into the "
-             "state) and small on the noise (keep the state)" if mamba.trained else
+    state = ("a trained model: where it learned to select, Delta is large where a data token is written into the "
+             "state and small on the noise (the state kept)" if mamba.trained else
              "a fresh, untrained model: Delta differs by channel (its dt_bias, drawn log-uniformly in "
              "[dt_min, dt_max]) but hardly by token, since nothing has taught it to select yet. A trained model "
-             "should show large Delta on data tokens and small Delta on noise (run with model_path=...)")
+             "should show large Delta at the data tokens and small Delta on noise (run with model_path=...)")
     caption = (f"{mamba.name}: {mamba.provenance}. {s4.name}: {s4.provenance}. One selective-copying sequence of "
                f"{L} tokens, {len(data)} data tokens (dotted lines, triangles) among noise, then {task.n_data} "
                f"markers (grey band). Top left: Mamba's step size Delta = softplus(dt_proj(x_proj(x)) + dt_bias) "
                f"per position and channel, log colour scale; below it, its mean over channels, and the norms of the "
                f"input-dependent B_t and C_t. This is {state}. Computed on this sequence: mean Delta {d_on:.4g} on "
-               f"data tokens vs {d_off:.4g} on noise (ratio {d_on / d_off:.3g}); |B| {b_on:.3g} vs {b_off:.3g}; "
+               f"data tokens and {d_after:.4g} on the noise token right after one, vs {d_off:.4g} on the other "
+               f"noise (ratios {d_on / d_off:.3g} and {d_after / d_off:.3g}); |B| {b_on:.3g} vs {b_off:.3g}; "
                f"|C| {c_on:.3g} vs {c_off:.3g}. Right: S4's convolution kernel K (a function of its parameters "
                f"only), so every token, data or noise, is weighted by its distance alone.")
     return Drawn("2_selectivity", "Selectivity: Mamba's input-dependent Delta, B, C vs S4's fixed kernel", caption,

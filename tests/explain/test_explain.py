@@ -64,6 +64,12 @@ def test_kept_model_takes_its_role(tmp_path, low_dpi):
     captions = (tmp_path / "k" / "captions.md").read_text()
     assert f"trained, {path}, run abc, 7 steps on selective_copy at L=20" in captions
     assert "a trained model" in captions and "3 data tokens" in captions  # the kept task's own layout
+    # Delta measured on the data tokens and on the noise right after them, each against the other noise
+    m = re.search(r"mean Delta (\S+) on data tokens and (\S+) on the noise token right after one, vs (\S+) on the "
+                  r"other noise \(ratios (\S+) and (\S+)\)", captions)
+    assert m, captions
+    on, after, rest, r_on, r_after = (float(v) for v in m.groups())
+    assert abs(on / rest - r_on) <= 0.01 * r_on and abs(after / rest - r_after) <= 0.01 * r_after
     assert sorted(p.name for p in (tmp_path / "k").glob("*.png")) == ["2_selectivity.png", "3a_state_norms.png"]
 
 
