@@ -18,8 +18,10 @@ first=$(grep -v '^\s*#' "$list" | grep -m1 .)
 echo "$first" >"$root/alone.txt"
 run_mode() {  # $1 = mode, $2 = study file, rest = env
   local mode=$1 file=$2; shift 2
-  env GPUS=1 "$@" bash "$here/gpu_parallel.sh" "$file" "$budget" "$root/$mode" resume=false save_model=false \
-    >"$root/$mode.log" 2>&1 || echo "$mode: some run failed (see $root/$mode.log)"
+  # a mode that hangs (a deadlock among threads, say) must not eat the rest of the call: start-up and the final
+  # evaluation get 4 minutes beyond the training budget, then the mode is stopped and said so
+  timeout -k 10 $((budget + 240)) env GPUS=1 "$@" bash "$here/gpu_parallel.sh" "$file" "$budget" "$root/$mode" \
+    resume=false save_model=false >"$root/$mode.log" 2>&1 || echo "$mode: a run failed or the mode timed out (see $root/$mode.log)"
 }
 unset OUT  # no snapshots into the call's output: the summary is what comes back
 run_mode alone "$root/alone.txt"
