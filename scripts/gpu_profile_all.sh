@@ -8,7 +8,12 @@
 #                GPU suites (OUT/benchmarks/gpu.json) when pytest-benchmark is installed
 # 5. reports     OUT/{kernels,generation,generators}/{rows.csv,summary.md,plots/,environment.json}
 # Not in the default stages: targets (ssmbench-profile profile=targets into OUT/targets, about 5 minutes: the
-# kernels' speed targets beside the official kernel's times), e.g. STAGES="targets" for that alone.
+# kernels' speed targets beside the official kernel's times), e.g. STAGES="targets" for that alone; and the
+# training-speed stages: sharing (scripts/gpu_sharing_modes.sh on the induction runs, 45 s a mode, into
+# OUT/sharing: needs the GPU to itself, ~6 minutes), copies (scripts/scan_sweeps.py --sections copies into
+# OUT/scan_sweeps), train_profile (scripts/profile_train_step.py for Table 1's mamba, s6_nogate, h3 and
+# transformer into OUT/train_profile) and kernel_tests (the GPU tests of the scan: every length to 70, half
+# precision against float64, and threaded graph captures).
 # Each stage has its own time limit (and the apps their own budget_s inside it), so one that overruns cannot
 # starve the next; rows are written as they are measured, so a stage stopped early keeps what it measured.
 # Logs: OUT/logs/<stage>.log. Uses $PYTHON (default: python). Needs torch with CUDA, triton, hydra-core,
@@ -85,13 +90,20 @@ stage generation 330 $PY -m ssmbench.perf.cli generate generation="${PRESET:-h20
   study=generation report=false hydra.run.dir="$OUT/logs/hydra/generation"
 stage generators 55 $PY -m ssmbench.perf.cli taskbench taskbench="${PRESET:-full}" results_root="$OUT" \
   study=generators report=false hydra.run.dir="$OUT/logs/hydra/generators"
+stage sharing 420 env PYTHON="$PY" bash scripts/gpu_sharing_modes.sh scripts/studies/sharing_induction.txt 45 \
+  "$OUT/sharing"
+stage copies 150 $PY scripts/scan_sweeps.py --sections copies --results-root "$OUT"
+stage train_profile 240 bash -c "for m in mamba s6_nogate h3 transformer; do
+  $PY scripts/profile_train_step.py --experiment table1 --model \$m --out '$OUT/train_profile' || echo \"\$m failed\"; done"
+stage kernel_tests 420 $PY -m pytest -q -s -p no:cacheprovider -o addopts="" -m gpu tests/kernels/test_scan_lengths.py \
+  tests/kernels/test_triton_scan.py tests/ssmbench/test_train_step.py
 if $PY -c "import pytest_benchmark" >/dev/null 2>&1; then
   stage gpu_tests 50 $PY -m pytest -q -p no:cacheprovider -m gpu tests/ssmbench/test_profile.py tests/benchmarks \
     --benchmark-enable --benchmark-json="$OUT/benchmarks/gpu.json" --benchmark-max-time=0.05 --benchmark-min-rounds=3
 else
   stage gpu_tests 40 $PY -m pytest -q -p no:cacheprovider -m gpu tests/ssmbench/test_profile.py -o addopts=""
 fi
-for s in kernels targets generation generators; do
+for s in kernels targets generation generators; do  # (scan_sweeps and sharing write their own reports)
   if [ -d "$OUT/$s/rows" ]; then
     stage "report_$s" 40 $PY -m ssmbench.perf.cli report "$OUT/$s" --quiet ${OFFICIAL:+--official "$OFFICIAL"}
   fi
