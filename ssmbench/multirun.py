@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import threading
 from contextlib import nullcontext
@@ -105,7 +106,8 @@ def run_threads(runs: list[tuple[str, list[str]]], overrides: list[str]) -> dict
         t.start()
         threads.append(t)
     for t in threads:
-        t.join()
+        while t.is_alive():  # a timed join, so that the main thread gets to run signal handlers meanwhile
+            t.join(0.5)
     return errors
 
 
@@ -124,7 +126,16 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--names: no run {', '.join(map(repr, unknown))} in {a.study}")
         runs = [r for r in runs if r[0] in names]
     from .run import RunConfigError
+    from .train import STOP_ALL
 
+    received: list[int] = []
+
+    def on_signal(signum, frame):  # every run checkpoints and pauses (train.STOP_ALL), then the process ends
+        received.append(signum)
+        STOP_ALL.set()
+
+    for sig in (signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(sig, on_signal)
     try:
         errors = run_threads(runs, a.overrides)
     except RunConfigError as e:
@@ -132,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name, err in errors.items():
         print(f"run {name} failed: {err}", file=sys.stderr)
+    if received:  # as a single run does: the process ends as the signal meant, its runs paused and resumable
+        print(f"ssmbench.multirun: stopped by signal {received[0]}; every run checkpointed", file=sys.stderr)
+        return 128 + received[0]
     return 1 if errors else 0
 
 

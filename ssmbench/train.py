@@ -90,6 +90,12 @@ class TrainResult:
     step_mode_reason: str = ""  # why graphs fell back to eager, if they did
 
 
+# Set by a process that trains several runs in threads (ssmbench.multirun) when it gets SIGTERM or SIGUSR2: Python
+# calls signal handlers in the main thread only, so that process's main thread catches them and every run's loop
+# checkpoints and pauses as it would on its own signal.
+STOP_ALL = threading.Event()
+
+
 class _StopRequest:
     """SIGTERM (what SLURM and most schedulers send before killing a job) and SIGUSR2 (what submitit has SLURM send
     before a job's time limit, and on preemption where the cluster signals it) ask the loop to checkpoint and
@@ -231,7 +237,7 @@ def train(model, task, cfg: TrainerConfig, device: torch.device, precision: str,
                 res.stopped_early = True
                 break
             out_of_budget = cfg.max_time_s is not None and now - invocation_start > cfg.max_time_s
-            if run_folder is not None and done < cfg.steps and (out_of_budget or stop.requested):
+            if run_folder is not None and done < cfg.steps and (out_of_budget or stop.requested or STOP_ALL.is_set()):
                 res.status = "paused"
                 break
             due = (cfg.checkpoint_every_s is not None and now - last_ckpt_time > cfg.checkpoint_every_s) or \

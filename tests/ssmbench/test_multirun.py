@@ -70,3 +70,38 @@ def test_names_select_runs_and_an_unknown_name_is_refused(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert [p.stem for p in (tmp_path / "sel" / "logs").glob("*.log")] == ["b"]
     assert len(list((tmp_path / "sel" / "rows").glob("*.json"))) == 1
+
+
+def test_sigterm_pauses_every_run_and_the_same_command_continues_them(tmp_path):
+    import signal
+    import time
+
+    study = tmp_path / "study.txt"
+    long = ["trainer.steps=100000", "trainer.check_every=50", "trainer.checkpoint_every_s=3600"]
+    study.write_text("".join(f"{n} {' '.join(tiny_overrides(m) + long)} study=sig device=cpu\n"
+                             for n, m in (("m", "mamba"), ("s", "s4"))))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "ssmbench.multirun", str(study), f"results_root={tmp_path}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    folder = tmp_path / "sig"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(folder.glob("runs/*/run.json"))) < 2:
+        time.sleep(0.2)  # both runs set up (run_one writes run.json just before training)
+    time.sleep(4)  # some steps of each
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # the runs did not stop: fail, and leave no process behind
+        proc.kill()
+        raise
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    progress = [json.loads(p.read_text()) for p in folder.glob("runs/*/progress.json")]
+    assert len(progress) == 2 and all(p["status"] == "paused" and p["step"] > 0 for p in progress), progress
+    assert len(list(folder.glob("runs/*/checkpoint.pt"))) == 2 and not list(folder.glob("rows/*.json"))
+    # the same command continues both from their checkpoints (here with a budget, so that it ends by itself)
+    res = _multirun([str(study), f"results_root={tmp_path}", "trainer.max_time_s=2"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for p in folder.glob("runs/*/progress.json"):
+        after = json.loads(p.read_text())
+        before = next(b for b in progress if b["run_id"] == after["run_id"])
+        assert after["status"] == "paused" and after["step"] > before["step"] and after["resumes"] == 1
