@@ -5,7 +5,8 @@ most of the GPU idle, advance together no faster than one. Threads of one proces
 the kernels and graph replays of their streams can run at the same time. Every run is still an ordinary run
 (`ssmbench.cli.run_one`): its own seed, data, optimizer, checkpoint, time budget and rows, exactly as
 `ssmbench <its arguments>` would do it; only the process is shared. Whether this beats separate processes, or
-processes under MPS, is measured, not assumed (scripts/gpu_parallel.sh THREADS=1, results/training/).
+processes under MPS, is measured, not assumed: scripts/gpu_sharing_modes.sh (gpu_parallel.sh THREADS=1 is how
+studies use it).
 
     python -m ssmbench.multirun scripts/studies/induction.txt [--names mamba,h3] [override ...]
 
@@ -26,7 +27,10 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from .cli import run_one
 from .config import compose_config
+from .run import RunConfigError, prepare
+from .train import STOP_ALL
 
 log = logging.getLogger("ssmbench")
 
@@ -64,8 +68,6 @@ class _ThreadLog(logging.Handler):
 
 
 def _train(name: str, cfg: DictConfig, log_path: Path, errors: dict[str, str]) -> None:
-    from .cli import run_one
-
     handler = _ThreadLog(log_path, threading.get_ident())
     logging.getLogger().addHandler(handler)
     try:
@@ -86,8 +88,6 @@ def _train(name: str, cfg: DictConfig, log_path: Path, errors: dict[str, str]) -
 def run_threads(runs: list[tuple[str, list[str]]], overrides: list[str]) -> dict[str, str]:
     """Compose and check every run's config first (a config error stops all before any work, naming the run),
     then train them in threads; returns {name: error} for the runs that failed."""
-    from .run import RunConfigError, prepare
-
     cfgs = []
     for name, args in runs:
         try:
@@ -118,16 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="added to every run, e.g. trainer.max_time_s=400")
     a = ap.parse_intermixed_args(argv)  # the study, --names and the overrides in any order
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    runs = read_study(a.study)
+    try:
+        runs = read_study(a.study)
+    except (OSError, ValueError) as e:
+        ap.error(f"study file: {e}")
     if a.names:
         names = [n for n in a.names.split(",") if n]
         unknown = sorted(set(names) - {n for n, _ in runs})
         if unknown:
             ap.error(f"--names: no run {', '.join(map(repr, unknown))} in {a.study}")
         runs = [r for r in runs if r[0] in names]
-    from .run import RunConfigError
-    from .train import STOP_ALL
-
     received: list[int] = []
 
     def on_signal(signum, frame):  # every run checkpoints and pauses (train.STOP_ALL), then the process ends

@@ -105,3 +105,12 @@ def test_sigterm_pauses_every_run_and_the_same_command_continues_them(tmp_path):
         after = json.loads(p.read_text())
         before = next(b for b in progress if b["run_id"] == after["run_id"])
         assert after["status"] == "paused" and after["step"] > before["step"] and after["resumes"] == 1
+
+
+def test_a_missing_study_file_or_a_repeated_name_is_named(tmp_path):
+    res = _multirun([str(tmp_path / "nope.txt")], cwd=tmp_path)
+    assert res.returncode == 2 and "study file:" in res.stderr and "nope.txt" in res.stderr
+    study = tmp_path / "study.txt"
+    study.write_text("a model=s4\n# comment\na model=mamba\n")
+    res = _multirun([str(study)], cwd=tmp_path)
+    assert res.returncode == 2 and "study.txt:3: run name 'a' appears twice" in res.stderr
