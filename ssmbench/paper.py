@@ -62,6 +62,23 @@ def steps_trained(rows: pd.DataFrame) -> str:
     return str(steps.min()) if steps.min() == steps.max() else f"{steps.min()}-{steps.max()}"
 
 
+def training_cost(rows: pd.DataFrame) -> tuple[str, str]:
+    """(minutes of training, ms per step) of the runs in `rows`, a range when they differ: `train_time_s` summed
+    over a run's pieces, so on a GPU shared with other runs it is that GPU's wall time, not the run's alone."""
+    if "train_time_s" not in rows or "steps" not in rows:
+        return "-", "-"
+    runs = rows.drop_duplicates("run_id")[["train_time_s", "steps"]].dropna()
+    runs = runs[runs["steps"] > 0]
+    if runs.empty:
+        return "-", "-"
+    minutes, ms = runs["train_time_s"] / 60, 1000 * runs["train_time_s"] / runs["steps"]
+
+    def span(v: pd.Series, fmt: str) -> str:
+        lo, hi = format(v.min(), fmt), format(v.max(), fmt)
+        return lo if lo == hi else f"{lo}-{hi}"
+    return span(minutes, ".0f" if minutes.max() >= 10 else ".1f"), span(ms, ".1f")
+
+
 def n_ok_runs(rows: pd.DataFrame) -> int:
     return rows.loc[rows["status"] == "ok", "run_id"].nunique()
 
@@ -75,9 +92,11 @@ def our_setup(rows: pd.DataFrame) -> str:
 def _table1_line(arch: str, layer: str, paper: float, label: str = "-", rows: pd.DataFrame | None = None) -> dict:
     ours = mean_ok(rows) if rows is not None else float("nan")
     diff = ours - paper
+    minutes, ms = training_cost(rows) if rows is not None else ("-", "-")
     return {"block": arch, "layer": layer, "model": label,
             "seeds": n_ok_runs(rows) if rows is not None else "-",
             "steps trained": steps_trained(rows) if rows is not None else "-",
+            "training min": minutes, "ms / step": ms,
             "ours (%)": score(rows) if rows is not None else "not run",
             "paper (%)": "-" if pd.isna(paper) else f"{paper:.1f}",
             "ours - paper": "-" if pd.isna(diff) else f"{diff:+.1f}"}
@@ -147,8 +166,11 @@ def write_comparison(df: pd.DataFrame, folder: Path) -> Path | None:
         if table.empty:
             continue
         table.to_csv(folder / csv, index=False)
-        parts += [f"## {title}", "", table.to_markdown(index=False, disable_numparse=True), "",
-                  f"Paper setup: {PAPER_SETUP[task]}.  ", f"Ours: {our_setup(df[df['task'] == task])}.", ""]
+        parts += [f"## {title}", "", table.to_markdown(index=False, disable_numparse=True), ""]
+        if "training min" in table:
+            parts += ["Training min and ms / step: training time summed over each run's pieces (a range over the "
+                      "seeds); where runs shared a GPU, it is the shared GPU's wall time, not the GPU's alone.", ""]
+        parts += [f"Paper setup: {PAPER_SETUP[task]}.  ", f"Ours: {our_setup(df[df['task'] == task])}.", ""]
     path = folder / "paper_comparison.md"
     path.write_text("\n".join(parts))
     return path

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from ssmbench.grouping import variant_labels
-from ssmbench.paper import paper_table1, paper_table11, table1, table11
+from ssmbench.paper import paper_table1, paper_table11, table1, table11, training_cost
 from ssmbench.plots import MODEL_COLOURS, chance_accuracy, history_frame, model_colour
 from ssmbench.report import main as report_main
 from ssmbench.results import rows_path, write_rows
@@ -103,6 +103,9 @@ def test_table1_ours_beside_paper(frame):
     mamba = _line(t, model="mamba")
     assert (mamba["ours (%)"], mamba["paper (%)"], mamba["ours - paper"], mamba["seeds"]) == ("98.0", "99.8", "-1.8", 2)
     assert mamba["steps trained"] == "1000"
+    # the made-up runs each trained 1000 steps in 1 s: 0.0 minutes, 1.0 ms a step
+    assert (mamba["training min"], mamba["ms / step"]) == ("0.0", "1.0")
+    assert _line(t, block="nogate", layer="s4")["training min"] == "-"
     assert _line(t, block="nogate", layer="s4")["ours (%)"] == "not run"
     assert _line(t, model="hyena")["ours (%)"] == "nan"  # a failed run shows its status, not a number
     lstm = _line(t, model="lstm")
@@ -186,3 +189,10 @@ def test_a_cell_of_few_scored_positions_is_marked(frame):
     t = table11(rows).set_index("source")
     ours = t.loc["ours: mamba"]
     assert ours["2^18"] == "100.0" and ours["2^20"] == "100.0†"
+
+
+def test_training_cost_spans_the_seeds_and_counts_each_run_once():
+    rows = pd.DataFrame({"run_id": ["a", "a", "b"], "eval_len": [64, 128, 64], "steps": [50000, 50000, 40000],
+                         "train_time_s": [900.0, 900.0, 1500.0]})
+    assert training_cost(rows) == ("15-25", "18.0-37.5")  # minutes; ms a step
+    assert training_cost(rows.drop(columns="train_time_s")) == ("-", "-")
