@@ -26,14 +26,12 @@ declare -A groups=()
 if [ "${THREADS:-0}" = 1 ]; then
   sharing="threads (one process per GPU, a thread per run)"
 elif [ "${MPS:-0}" = 1 ]; then
-  export CUDA_MPS_PIPE_DIRECTORY=/tmp/ssmbench-mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/ssmbench-mps-log
-  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  if nvidia-cuda-mps-control -d 2>/dev/null; then
+  . "$here/mps.sh"
+  if mps_start; then
     sharing="mps"
-    trap 'echo quit | nvidia-cuda-mps-control 2>/dev/null' EXIT
+    trap mps_stop EXIT
   else
-    sharing="time-sliced (MPS=1 asked, but nvidia-cuda-mps-control -d failed)"
-    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    sharing="time-sliced (MPS=1 asked, but the MPS daemon did not start or run a CUDA program)"
   fi
 fi
 studies=()

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import re
 import sys
 from pathlib import Path
+
+from ssmbench.progress_report import runs_in_progress
 
 PAUSE = re.compile(r"^\[(?P<time>[\d-]+ [\d:]+),\d+\].*run (?P<run>\w+) \((?P<model>\S+) on \S+, seed (?P<seed>\d+)\) "
                    r"paused at step (?P<step>\d+) of (?P<of>\d+) \(trainer\.max_time_s=(?P<budget>[\d.]+) spent")
@@ -82,16 +83,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def steps_left(study: Path) -> list[int]:
-    """The steps each unfinished (paused) run of the study still has to train: run.json's steps less
-    progress.json's step."""
-    runs = []
-    for prog in sorted(study.glob("runs/*/progress.json")):
-        p = json.loads(prog.read_text())
-        info = prog.with_name("run.json")
-        total = json.loads(info.read_text()).get("steps") if info.exists() else None
-        if p.get("status") == "paused" and total and not (study / "rows" / f"{prog.parent.name}.json").exists():
-            runs.append(total - int(p.get("step") or 0))
-    return runs
+    """The steps each unfinished run of the study still has to train (the report's list of runs in progress,
+    whose rows are the truth: a run with rows is finished)."""
+    return [int(r["steps"]) - int(r.get("step") or 0) for r in runs_in_progress(study) if r.get("steps")]
 
 
 def calls_of(rows: list[dict], gap_min: int = 5) -> list[list[dict]]:

@@ -244,9 +244,10 @@ def copies(sw: Sweeps) -> None:
             cfg = dataclasses.replace(ts.DEFAULT_CONFIG, acc_copies=n)
             ms = sw.bwd_ms(args, dout, cfg)
             if ms is not None:
-                per_copy = 2 * B * 16 * L * 4  # fp32 dB and dC of one copy, B/C [batch, 1, N = 16, L]
-                # what the wrapper used: a fixed count is capped at the channels per group (one group here)
-                used = min(n, D) if n is not None else ts._n_copies(per_copy, D, args[0])
+                # what the backward uses, from the wrapper's own rule; B/C [batch, 1, N, L], both time-varying
+                var_numel = args[3].numel()
+                used = ts.accumulator_copies(cfg, 2, var_numel, D, args[0])
+                per_copy = 2 * var_numel * 4  # bytes of fp32 dB and dC in one copy
                 sw.row("copies", pass_="bwd", B=B, D=D, L=L, copies="rule" if n is None else n, copies_used=used,
                        acc_mib=used * per_copy / 2 ** 20, reverse=ts.LAST_LAUNCH.get("bwd_reverse"), ms=ms)
         del args, dout

@@ -27,16 +27,12 @@ shared() {  # $1 = K, $2 = tag suffix ("" or "-mps")
 
 for k in $ks; do shared "$k" ""; done
 
-export CUDA_MPS_PIPE_DIRECTORY=/tmp/ssmbench-mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/ssmbench-mps-log
-mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-if nvidia-cuda-mps-control -d 2>"$out/mps_start.log" &&
-   timeout 120 "$py" -c "import torch; torch.ones(1, device='cuda').add_(1); torch.cuda.synchronize()" \
-     >>"$out/mps_start.log" 2>&1; then
+. "$(dirname "$0")/mps.sh"
+if mps_start "$out/mps_start.log"; then
   echo "MPS daemon up"
   for k in $ks; do shared "$k" "-mps"; done
-  echo quit | nvidia-cuda-mps-control
+  mps_stop
 else
   echo "MPS unavailable here (see $out/mps_start.log): only time-sliced sharing measured"
-  echo quit | nvidia-cuda-mps-control 2>/dev/null
 fi
 "$py" -m ssmbench.perf.training --summarize "$out"

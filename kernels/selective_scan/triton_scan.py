@@ -203,6 +203,15 @@ def _n_copies(one_bytes: int, dims_per_group: int, u: torch.Tensor) -> int:
     return int(max(1, min(16, dims_per_group, budget // max(one_bytes, 1))))
 
 
+def accumulator_copies(cfg: "ScanConfig", n_var: int, var_numel: int, dims_per_group: int, u: torch.Tensor) -> int:
+    """How many copies of the fp32 dB/dC accumulators the backward uses: cfg.acc_copies when set (capped at the
+    channels per group: more copies would stay zero), else the memory-capped rule of _n_copies. n_var: how many of
+    B and C are time-varying; var_numel: elements of one of them."""
+    if cfg.acc_copies is not None:
+        return max(1, min(cfg.acc_copies, dims_per_group))
+    return _n_copies(n_var * var_numel * 4, dims_per_group, u)
+
+
 # Verdicts on compiled backward kernels (CompiledKernel.hash -> bool): does the tile layout fit _flip_steps?
 _FLIP_OK: dict = {}
 # Launch keys (_flip_key) whose compiled backward did not fit: later calls go straight to reverse=True.
@@ -285,12 +294,7 @@ def _bwd_launch(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus
     # one buffer [P, 2 or 1, batch, groups, N, L], zeroed and summed over the copies in one op each.
     var_shape = tuple(Bt.shape) if b_var else tuple(Ct.shape)
     n_var = b_var + c_var
-    if not n_var:
-        P = 1
-    elif cfg.acc_copies is not None:
-        P = max(1, min(cfg.acc_copies, dim // groups))  # more copies than channels per group would stay zero
-    else:
-        P = _n_copies(n_var * Bt.numel() * 4 if b_var else n_var * Ct.numel() * 4, dim // groups, u)
+    P = accumulator_copies(cfg, n_var, Bt.numel() if b_var else Ct.numel(), dim // groups, u) if n_var else 1
     acc = torch.zeros((P, n_var) + var_shape, dtype=f32, device=dev) if n_var else None
     dB = acc[:, 0] if b_var else None
     dC = acc[:, n_var - 1] if c_var else None

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from ssmbench.multirun import read_study
 from ssmbench.results import run_id
 from ssmbench.run import prepare
 
@@ -47,10 +48,9 @@ IN_PROGRESS = {
 
 
 def study_args(study: str, name: str) -> list[str]:
-    for line in (STUDIES / study).read_text().splitlines():
-        if line.strip() and not line.startswith("#") and line.split()[0] == name:
-            return line.split()[1:]
-    raise AssertionError(f"no run {name!r} in scripts/studies/{study}")
+    args = dict(read_study(STUDIES / study)).get(name)
+    assert args is not None, f"no run {name!r} in scripts/studies/{study}"
+    return args
 
 
 @pytest.mark.parametrize("run,expected", IN_PROGRESS.items(), ids=lambda v: "/".join(v) if isinstance(v, tuple) else v)

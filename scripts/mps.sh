@@ -1,0 +1,18 @@
+# CUDA Multi-Process Service for the GPU drivers (sourced: gpu_parallel.sh MPS=1, trainbench_share.sh).
+# mps_start LOG: starts the daemon with this project's pipe and log folders and checks that a CUDA program runs
+# under it (with $py, the interpreter that has torch); returns non-zero, with the daemon stopped and the MPS
+# variables unset, where it cannot (no daemon binary, no permission, clients that fail). mps_stop: stops it.
+mps_start() {
+  local log=${1:-/dev/null}
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/ssmbench-mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/ssmbench-mps-log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d 2>>"$log" &&
+     timeout 120 "${py:-python3}" -c "import torch; torch.ones(1, device='cuda').add_(1); torch.cuda.synchronize()" \
+       >>"$log" 2>&1; then
+    return 0
+  fi
+  mps_stop
+  unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+  return 1
+}
+mps_stop() { echo quit | nvidia-cuda-mps-control 2>/dev/null; return 0; }
