@@ -36,12 +36,12 @@ from pathlib import Path
 
 import torch
 
-from ssmbench.env import environment
+from ssmbench.env import environment, resolve_device
 from ssmbench.kernels.selective_scan import triton_scan as ts
 from ssmbench.kernels.selective_scan.example_inputs import paper_scan_inputs
 from ssmbench.kernels.selective_scan.triton_scan import ScanConfig
 from ssmbench.perf.report import write_profile_report
-from ssmbench.perf.timing import copy_bandwidth_gbps, free_memory, resolve_device, time_call
+from ssmbench.perf.timing import copy_bandwidth_gbps, free_memory, time_call
 from ssmbench.results import rows_path, run_id, write_rows
 
 log = logging.getLogger("scan_sweeps")
@@ -72,6 +72,7 @@ class Sweeps:
         self.copy_gbps = copy_bandwidth_gbps(device, nbytes, warmup_ms, rep_ms)
         log.info("%s; copy bandwidth %.1f GB/s", self.env["device"], self.copy_gbps)
         self.rows: dict[str, list[dict]] = {}
+        self._reported = 0  # rows in the last report written
 
     def ms(self, fn) -> float:
         return time_call(fn, self.device, warmup_ms=self.warmup_ms, rep_ms=self.rep_ms).median_ms
@@ -88,10 +89,15 @@ class Sweeps:
         log.info("  %s", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()))
 
     def report(self) -> None:
+        """The report of the rows so far; skipped when no row came since the last one (after each section, and
+        once more at the end in case a section was cut short)."""
+        n = sum(map(len, self.rows.values()))
+        if not n or n == self._reported:
+            return
         folder = Path(self.results_root) / self.study
-        if self.rows:
-            write_profile_report(folder)
-            log.info("report: %s", folder / "summary.md")
+        write_profile_report(folder)
+        self._reported = n
+        log.info("report: %s", folder / "summary.md")
 
     # -- inputs and the two passes ---------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from typing import Any, Optional
 
 import torch
 
-from ssmbench.env import environment
+from ssmbench.env import environment, resolve_device
 from ssmbench.metrics import is_out_of_memory, reset_peak_memory, synchronize
 from ssmbench.models.blocks import MambaBlock, TransformerBlock
 from ssmbench.models.layers.attention import Attention, Rotary
@@ -249,8 +249,7 @@ def decode(decoder: Decoder, first: torch.Tensor, gen_len: int, cuda_graph: bool
 
 def run_generation(cfg: GenerationConfig) -> list[dict]:
     validate_generation(cfg)
-    from .kernels import resolve_device
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, GenerationConfigError)
     dtype = DTYPES[cfg.dtype]
     env = environment(device)
     clock = Budget(cfg.budget_s)

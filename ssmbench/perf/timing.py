@@ -10,7 +10,6 @@ how samples are summarised and how memory is read, so two benchmarks that say "m
   peak_memory / cuda_peak / allocator_peak   peak bytes during one call, or since the last reset
   free_memory(device)        garbage-collect, then hand the CUDA allocator's cached blocks back
   copy_bandwidth_gbps        bytes read + written per second by a device-to-device copy: the bandwidth ceiling
-  resolve_device(name)       auto | cpu | cuda | cuda:N -> torch.device (ssmbench.env's, the core's too)
   Budget                     a wall-clock budget a sweep checks between points
   DTYPES                     the dtype names of the configs (bf16, fp16, fp32)
 
@@ -29,11 +28,10 @@ from typing import Any, Callable
 
 import torch
 
-from ssmbench.env import resolve_device
 from ssmbench.metrics import peak_memory_bytes, synchronize
 
 __all__ = ["DTYPES", "Budget", "Timing", "allocator_peak", "clear_grads", "copy_bandwidth_gbps", "cuda_event_ms",
-           "cuda_peak", "do_bench_all", "do_bench_median", "free_memory", "peak_memory", "resolve_device",
+           "cuda_peak", "do_bench_all", "do_bench_median", "free_memory", "peak_memory",
            "summarize", "time_call", "wall_ms"]
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

@@ -28,7 +28,7 @@ import torch
 
 from ssmbench.config import compose_config
 from ssmbench.env import environment
-from ssmbench.metrics import peak_memory_bytes, reset_peak_memory
+from ssmbench.metrics import peak_memory_bytes, reset_peak_memory, synchronize
 from ssmbench.models.lm import LanguageModel
 from ssmbench.run import prepare
 from ssmbench.step import TrainStep
@@ -91,8 +91,7 @@ def bench_one(overrides: list[str], mode: str, steps: int, warmup: int, repeats:
     if barrier is not None:
         for _ in range(warmup):
             step(next_batch())
-        if p.device.type == "cuda":
-            torch.cuda.synchronize(p.device)
+        synchronize(p.device)
         barrier()
         warmup = 1
     blocks_ms = wall_ms(lambda: step(next_batch()), p.device, warmup=warmup, repeats=repeats,
