@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import tempfile
-import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -32,13 +31,13 @@ from .config import INVOCATION_KEYS, EvalConfig, TrainerConfig
 from .env import environment
 from .env import resolve_device as _resolve_device
 from .evaluate import autocast_factory, evaluate_length
+from .gpu_turns import GPU_TURNS
 from .metrics import free_cached_memory, is_out_of_memory
 from .results import rows_dir
 from .tracking import TrackingError, check_logger
 from .train import TrainerConfigError, train, validate_trainer
 
 log = logging.getLogger("ssmbench")
-_INIT_LOCK = threading.Lock()  # see execute()
 
 
 class RunConfigError(ValueError):
@@ -237,7 +236,7 @@ def execute(p: Prepared, run_id: str, study: str, run_folder: Path | None = None
     check_seed = check_seed_of(p.cfg.seed)
     params = 0
     try:
-        with _INIT_LOCK:  # the global generator is the process's: runs in threads (ssmbench.multirun) take turns
+        with GPU_TURNS.exclusive():  # the global generator is the process's: runs in threads take turns
             torch.manual_seed(p.cfg.seed)  # parameter init only; tasks draw from their own generator
             model = LanguageModel(p.model_cfg, p.task.vocab_size)
         model = model.to(p.device)
@@ -280,8 +279,9 @@ def execute(p: Prepared, run_id: str, study: str, run_folder: Path | None = None
         else:
             g = torch.Generator(device=p.device).manual_seed(eval_generator_seed(p.cfg.seed, L))
             try:
-                ev = evaluate_length(model, p.task, L, g, p.eval.batches, p.eval.batch_size, p.eval.max_tokens,
-                                     p.device, autocast, p.eval.time_budget_s)
+                with GPU_TURNS.shared():
+                    ev = evaluate_length(model, p.task, L, g, p.eval.batches, p.eval.batch_size, p.eval.max_tokens,
+                                         p.device, autocast, p.eval.time_budget_s)
             except Exception as e:
                 ev = {"eval_len": L, "status": "error", "accuracy": math.nan, "loss": math.nan,
                       "error": "".join(traceback.format_exception_only(type(e), e)).strip()[:2000]}

@@ -16,7 +16,6 @@ The batch is sampled outside the graph and copied into the graph's static input 
 from __future__ import annotations
 
 import math
-import threading
 import traceback
 from contextlib import nullcontext
 from pathlib import Path
@@ -24,10 +23,10 @@ from pathlib import Path
 import torch
 
 from .config import TrainerConfig
+from .gpu_turns import GPU_TURNS
 from .metrics import loss_and_accuracy
 
 STEP_MODES = ("auto", "eager", "graphs")
-_CAPTURE_LOCK = threading.Lock()
 
 
 def lr_factor(cfg: TrainerConfig, step: int) -> float:
@@ -205,22 +204,28 @@ class TrainStep:
         self.step_t.add_(1)
 
     def __call__(self, batch) -> None:
+        # Steps of runs in threads of one process run side by side; a capture waits for them and goes alone
+        # (gpu_turns says why).
         if self.mode != "graphs":
-            return self._body(batch.inputs, batch.targets)
+            with GPU_TURNS.shared():
+                return self._body(batch.inputs, batch.targets)
         if self.graph is not None:
-            self.static_inputs.copy_(batch.inputs)
-            self.static_targets.copy_(batch.targets)
-            self.graph.replay()
+            with GPU_TURNS.shared():
+                self.static_inputs.copy_(batch.inputs)
+                self.static_targets.copy_(batch.targets)
+                self.graph.replay()
             return None
         if self.eager_steps_before_capture > 0:  # real steps, run on a side stream as capture requires
             self.eager_steps_before_capture -= 1
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                self._body(batch.inputs, batch.targets)
-            torch.cuda.current_stream(self.device).wait_stream(side)
+            with GPU_TURNS.shared():
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    self._body(batch.inputs, batch.targets)
+                torch.cuda.current_stream(self.device).wait_stream(side)
             return None
-        return self._capture(batch)
+        with GPU_TURNS.exclusive():
+            return self._capture(batch)
 
     def _capture(self, batch) -> None:
         self.static_inputs, self.static_targets = batch.inputs.clone(), batch.targets.clone()
@@ -230,11 +235,11 @@ class TrainStep:
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
         try:
-            # Several runs may train in one process, one thread each (ssmbench.multirun): captures take turns, each
-            # on its own stream (torch.cuda.graph's default capture stream is shared by every caller), and in
-            # "thread_local" mode, so that other threads' work during a capture is not taken for part of it.
-            with _CAPTURE_LOCK, torch.cuda.graph(graph, stream=torch.cuda.Stream(self.device),
-                                                 capture_error_mode="thread_local"):
+            # Several runs may train in one process, one thread each (ssmbench.multirun): a capture runs alone
+            # (the caller holds GPU_TURNS.exclusive()), on its own stream (torch.cuda.graph's default capture
+            # stream is shared by every caller), and in "thread_local" mode, so that other threads' work during a
+            # capture is not taken for part of it.
+            with torch.cuda.graph(graph, stream=torch.cuda.Stream(self.device), capture_error_mode="thread_local"):
                 self._body(self.static_inputs, self.static_targets)
         except Exception as e:  # a layer that cannot be captured: record why and go on eagerly
             torch.cuda.synchronize(self.device)

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_progress
 from .config import TrainerConfig
 from .evaluate import evaluate_length
+from .gpu_turns import GPU_TURNS
 from .metrics import peak_memory_bytes, reset_peak_memory, sample_memory, synchronize
 from .step import STEP_MODES, TrainStep
 
@@ -140,9 +141,10 @@ def _restore(ckpt: dict, model, step: TrainStep, generator: torch.Generator, res
     model.load_state_dict(ckpt["model"])
     step.load_state_dict(ckpt["train_step"], ckpt["step"])
     generator.set_state(ckpt["generator"])
-    torch.set_rng_state(ckpt["torch_rng"])
-    if device.type == "cuda" and ckpt.get("cuda_rng"):
-        torch.cuda.set_rng_state(ckpt["cuda_rng"][0], device)
+    with GPU_TURNS.exclusive():  # the global generators are the process's (runs in threads: gpu_turns)
+        torch.set_rng_state(ckpt["torch_rng"])
+        if device.type == "cuda" and ckpt.get("cuda_rng"):
+            torch.cuda.set_rng_state(ckpt["cuda_rng"][0], device)
     res.history = list(ckpt["history"])
     res.train_time_s = float(ckpt["train_time_s"])
     res.train_peak_mem_bytes = int(ckpt["train_peak_mem_bytes"])
@@ -153,10 +155,12 @@ def _restore(ckpt: dict, model, step: TrainStep, generator: torch.Generator, res
 
 def _checkpoint(folder: Path, run_id: str, done: int, model, step: TrainStep, generator: torch.Generator,
                 res: TrainResult, device: torch.device, status: str) -> None:
+    with GPU_TURNS.exclusive():  # the global generators are the process's (runs in threads: gpu_turns)
+        torch_rng = torch.get_rng_state()
+        cuda_rng = [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []
     state = {
         "run_id": run_id, "step": done, "model": model.state_dict(), "train_step": step.state_dict(),
-        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-        "cuda_rng": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
+        "generator": generator.get_state(), "torch_rng": torch_rng, "cuda_rng": cuda_rng,
         "history": res.history, "train_time_s": res.train_time_s, "train_peak_mem_bytes": res.train_peak_mem_bytes,
         "final_train_loss": res.final_train_loss, "final_train_accuracy": res.final_train_accuracy,
         "resumes": res.resumes, "step_mode": step.mode, "written_at": time.time(),
@@ -218,9 +222,10 @@ def train(model, task, cfg: TrainerConfig, device: torch.device, precision: str,
                 res.train_peak_mem_bytes = max(res.train_peak_mem_bytes, peak_memory_bytes(device))
                 # Held-out check on the same fixed batches every time (its own generator, reseeded).
                 g = torch.Generator(device=generator.device).manual_seed(check_generator_seed)
-                check = evaluate_length(model, task, seq_len, g, batches=1,
-                                        batch_size=cfg.check_batch_size or cfg.batch_size,
-                                        max_tokens=1 << 62, device=device, autocast=autocast)
+                with GPU_TURNS.shared():
+                    check = evaluate_length(model, task, seq_len, g, batches=1,
+                                            batch_size=cfg.check_batch_size or cfg.batch_size,
+                                            max_tokens=1 << 62, device=device, autocast=autocast)
                 res.history.append({"step": done, "accuracy": check["accuracy"], "loss": check["loss"]})
                 log.info("%s step %d/%d: held-out accuracy %.4f loss %.4f | training loss %.4f (last %d steps)",
                          desc, done, cfg.steps, check["accuracy"], check["loss"], m["loss"], m["steps"])

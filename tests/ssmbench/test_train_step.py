@@ -2,17 +2,17 @@
 
 import math
 import threading
+import time
 
 import pytest
 import torch
 
+from ssmbench.gpu_turns import GPU_TURNS
 from ssmbench.models.lm import LanguageModel
 from ssmbench.run import prepare
 from ssmbench.step import Meters, TrainStep, lr_factor, resolve_step_mode
 
 from .helpers import compose_cfg, tiny_overrides
-
-_INIT = threading.Lock()
 
 
 def test_meters_keep_the_first_non_finite_step_and_reset_the_window():
@@ -51,7 +51,7 @@ def test_schedule_warms_up_then_decays():
 
 def _losses(model_name: str, mode: str, steps: int, extra=()) -> tuple[list[float], TrainStep]:
     p = prepare(compose_cfg(tiny_overrides(model_name) + ["device=cuda", "trainer.precision=fp32", *extra]))
-    with _INIT:  # the global generator is shared by threads (see the threads test)
+    with GPU_TURNS.exclusive():  # the global generator is shared by threads (see the threads test)
         torch.manual_seed(0)
         model = LanguageModel(p.model_cfg, p.task.vocab_size)
     model = model.to(p.device)
@@ -84,27 +84,31 @@ def test_graphed_step_follows_eager_loss_curve(model_name):
 def test_graphs_captured_and_replayed_in_threads_follow_the_runs_alone():
     # ssmbench.multirun: runs in threads of one process, each on its own stream, capture their steps while the
     # others replay theirs. Each must train as it does alone (within the graphed-vs-eager tolerance above).
-    names = ["mamba", "transformer", "s4"]
-    alone = {n: _losses(n, "graphs", 30)[0] for n in names}
+    # Staggered starts, so that captures meet replays and eager warm-up steps of the others: on the H200 eight
+    # runs started together failed that way before gpu_turns ("Cannot prepare for replay during capturing
+    # stage", then illegal memory accesses).
+    names = ["mamba", "transformer", "s4", "mamba", "transformer", "s4"]
+    alone = {n: _losses(n, "graphs", 30)[0] for n in set(names)}
     together, errors = {}, []
 
-    def work(n):
+    def work(i, n):
         try:
+            time.sleep(0.02 * i)
             with torch.cuda.stream(torch.cuda.Stream()):
                 losses, step = _losses(n, "graphs", 30)
             assert step.mode == "graphs", step.reason
-            together[n] = losses
+            together[i] = losses
         except BaseException as e:  # noqa: BLE001  (reported below, with the run's name)
             errors.append(f"{n}: {e!r}")
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in names]
+    threads = [threading.Thread(target=work, args=(i, n)) for i, n in enumerate(names)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert not errors, errors
-    for n in names:
-        a, b = alone[n], together[n]
+    for i, n in enumerate(names):
+        a, b = alone[n], together[i]
         for x, y in zip(a[:5], b[:5]):
             assert abs(x - y) <= 1e-3 * abs(x), (n, a, b)
         assert abs(sum(a[-10:]) - sum(b[-10:])) <= 0.02 * sum(a[-10:]), (n, a, b)
