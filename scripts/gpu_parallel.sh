@@ -34,6 +34,18 @@ elif [ "${MPS:-0}" = 1 ]; then
     sharing="time-sliced (MPS=1 asked, but the MPS daemon did not start or run a CUDA program)"
   fi
 fi
+# A warm lent machine keeps /tmp between calls, but each call starts from a copy of our working tree: if the
+# previous call's snapshots were not unpacked here before this call, its checkpoints are older than the machine's
+# own. So the snapshots are mirrored on the machine (gpu_snapshot.sh, SNAPSHOT_MIRROR), and a call first takes,
+# run by run, whichever copy is further (scripts/unpack_calls.py: never an older one). Session 7 lost two calls'
+# training to exactly this.
+if [ -n "${OUT:-}" ] && [ "$root" = results ]; then
+  export SNAPSHOT_MIRROR=${SNAPSHOT_MIRROR:-/tmp/ssmbench-state}
+  if compgen -G "$SNAPSHOT_MIRROR/*.tgz" >/dev/null; then
+    echo "# resuming from the newer of the working tree and this machine's previous snapshots ($SNAPSHOT_MIRROR)"
+    "$py" "$here/unpack_calls.py" --root . "$SNAPSHOT_MIRROR" || echo "# unpack_calls failed: resuming from the working tree"
+  fi
+fi
 studies=()
 pids=()
 gpus=${GPUS:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)}

@@ -3,6 +3,7 @@ spread round-robin over the host's GPUs (GPUS=N stands in for nvidia-smi), each 
 scripts/gpu_snapshot.sh brings the study back into $OUT as tarballs of rows and run folders."""
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -61,3 +62,34 @@ def test_threads_mode_trains_each_gpus_runs_in_one_process(tmp_path):
     assert len(list((folder / "rows").glob("*.json"))) == 3
     for n in "abc":
         assert "rows written" in (folder / "logs" / f"{n}.log").read_text()
+
+
+def test_a_call_on_a_warm_machine_resumes_from_its_own_newer_snapshots(tmp_path):
+    # Each call starts from a copy of the working tree; when the previous call's snapshots were not brought home
+    # first, the machine's own mirror of them is newer, and gpu_parallel.sh takes it (scripts/unpack_calls.py).
+    study = tmp_path / "study.txt"
+    study.write_text(f"a  {' '.join(tiny_overrides('mamba'))} study=warm device=cpu\n")
+    mirror = tmp_path / "mirror"
+    env = {**os.environ, "GPUS": "1", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+           "SNAPSHOT_MIRROR": str(mirror)}
+
+    def call() -> subprocess.CompletedProcess:
+        out = tmp_path / "out"
+        out.mkdir(exist_ok=True)
+        res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_parallel.sh"), str(study), "120", "results"],
+                             cwd=tmp_path, env={**env, "OUT": str(out)}, capture_output=True, text=True,
+                             timeout=600)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        return res
+
+    call()  # the run trains to the end; its snapshot is mirrored
+    rows = list((tmp_path / "results" / "warm" / "rows").glob("*.json"))
+    assert len(rows) == 1 and (mirror / "warm.tgz").exists() and (mirror / "warm_runs_0.tgz").exists()
+    log = (tmp_path / "results" / "warm" / "logs" / "a.log").read_text()
+    shutil.rmtree(tmp_path / "results")  # the next call's fresh copy of a working tree that never got the results
+    res = call()
+    assert "resuming from the newer of the working tree and this machine's previous snapshots" in res.stdout
+    assert [p.name for p in (tmp_path / "results" / "warm" / "rows").glob("*.json")] == [rows[0].name]
+    # the finished run was recognised and skipped, not trained again
+    again = (tmp_path / "results" / "warm" / "logs" / "a.log").read_text()
+    assert again.startswith(log) and "skipping run" in again[len(log):]
