@@ -6,7 +6,12 @@ mps_start() {
   local log=${1:-/dev/null}
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/ssmbench-mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/ssmbench-mps-log
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
-  if nvidia-cuda-mps-control -d 2>>"$log" &&
+  # The daemon sees every GPU of the host and each client picks its own with CUDA_VISIBLE_DEVICES: the layout of
+  # the 2-GPU call where MPS measurably worked (session 7). NVIDIA's guide starts the daemon under the GPU's
+  # CUDA_VISIBLE_DEVICES instead, and then a client's device numbers would be read against the daemon's view; not
+  # tried here. (The client check below runs under the caller's CUDA_VISIBLE_DEVICES, so a layout that does not
+  # work falls back to time-slicing and says so.)
+  if env -u CUDA_VISIBLE_DEVICES nvidia-cuda-mps-control -d 2>>"$log" &&
      timeout 120 "${py:-python3}" -c "import torch; torch.ones(1, device='cuda').add_(1); torch.cuda.synchronize()" \
        >>"$log" 2>&1; then
     return 0
