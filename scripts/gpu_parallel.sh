@@ -38,9 +38,10 @@ fi
 # previous call's snapshots were not unpacked here before this call, its checkpoints are older than the machine's
 # own. So the snapshots are mirrored on the machine (gpu_snapshot.sh, SNAPSHOT_MIRROR), and a call first takes,
 # run by run, whichever copy is further (scripts/unpack_calls.py: never an older one). Session 7 lost two calls'
-# training to exactly this.
+# training to exactly this. One mirror per study file, so that two of these drivers running side by side (one per
+# GPU) never unpack into the same runs at once; a later call with the same study file finds it.
 if [ -n "${OUT:-}" ] && [ "$root" = results ]; then
-  export SNAPSHOT_MIRROR=${SNAPSHOT_MIRROR:-/tmp/ssmbench-state}
+  export SNAPSHOT_MIRROR=${SNAPSHOT_MIRROR:-/tmp/ssmbench-state/$(basename "$list" .txt)}
   if compgen -G "$SNAPSHOT_MIRROR/*.tgz" >/dev/null; then
     echo "# resuming from the newer of the working tree and this machine's previous snapshots ($SNAPSHOT_MIRROR)"
     "$py" "$here/unpack_calls.py" --root . "$SNAPSHOT_MIRROR" || echo "# unpack_calls failed: resuming from the working tree"
