@@ -44,6 +44,11 @@ IN_PROGRESS = {
     ("table1.txt", "mamba_lr1e3"): "60824a63191064e6",
     ("table1.txt", "mamba_s4_lr1e3"): "6956fd5e99060746",
     ("table1.txt", "mamba_hyena_lr1e3"): "6e7401402b33deea",
+    ("table1.txt", "s6_nogate_lr1e3"): "c92c08b5358a418f",
+    ("table1.txt", "s6_h3_lr1e3"): "b6e8704b5811e3b5",
+    ("table1.txt", "s4_lr1e3"): "0757950ef8354116",
+    ("table1.txt", "h3_lr1e3"): "71ddc9efedf9a05c",
+    ("table1.txt", "hyena_lr1e3"): "7c403630a99bec85",
 }
 
 
