@@ -354,8 +354,12 @@ def kernel_report(df: pd.DataFrame, folder: Path, official: str | None = None) -
         title = f"Time against sequence length — {key} — {first.get('device', '')} (band: p20-p80)"
         p = plot_time_vs_length(g, folder / "plots" / f"time_vs_length_{_shape_slug(first)}.png", title,
                                 DEFAULT_SERIES)
-        p_all = plot_time_vs_length(g, folder / "plots" / f"time_vs_length_{_shape_slug(first)}_all.png",
-                                    title.replace("Time", "Every implementation's time", 1))
+        # the figure of every implementation only where it shows more than the default one
+        impls = set(g.loc[g["status"] == "ok", "impl"].str.replace(" (ref csv)", "", regex=False))
+        p_all = None
+        if impls - set(DEFAULT_SERIES):
+            p_all = plot_time_vs_length(g, folder / "plots" / f"time_vs_length_{_shape_slug(first)}_all.png",
+                                        title.replace("Time", "Every implementation's time", 1))
         if p is not None:
             parts += [f"![time against length, {key}](plots/{p.name})", ""]
         if p_all is not None:

@@ -364,3 +364,13 @@ def test_profile_app_rejects_a_typo(tmp_path):
     r = _app(["kernels", "profile=cpu_smoke", f"results_root={tmp_path}", "lenghts=[8]"], tmp_path)
     assert r.returncode != 0 and "lenghts" in r.stderr
     assert not (tmp_path / "kernels_cpu" / "rows").exists()
+
+
+def test_no_every_implementation_figure_when_it_would_repeat_the_default(tmp_path):
+    rows = [_kernel_row(impl, L, "fwd", 0.01 * L / 512)
+            for impl in ("selective_scan:triton", "attention:sdpa_flash") for L in (512, 1024)]
+    write_rows(tmp_path / "rows" / "a.json", rows)
+    text = write_profile_report(tmp_path, None)
+    assert (tmp_path / "plots" / "time_vs_length_B1_D1024_N16_bf16.png").exists()
+    assert not (tmp_path / "plots" / "time_vs_length_B1_D1024_N16_bf16_all.png").exists()
+    assert "_all.png" not in text
