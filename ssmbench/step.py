@@ -50,14 +50,17 @@ def resolve_step_mode(mode: str, device: torch.device) -> str:
 
 
 class Meters:
-    """Training loss and accuracy accumulated on the device between reads; the first non-finite step kept."""
+    """Training loss and accuracy accumulated on the device between reads; the first non-finite step kept. With
+    `members=k` (a batched ensemble, ssmbench.ensemble) every meter holds one value per member."""
 
-    def __init__(self, device: torch.device):
-        z = lambda dtype: torch.zeros((), device=device, dtype=dtype)  # noqa: E731
+    def __init__(self, device: torch.device, members: int | None = None):
+        self.members = members
+        shape = () if members is None else (members,)
+        z = lambda dtype: torch.zeros(shape, device=device, dtype=dtype)  # noqa: E731
         self.loss_sum, self.correct = z(torch.float32), z(torch.int64)
         self.scored, self.count = z(torch.int64), z(torch.int64)
         self.last_loss, self.last_correct, self.last_scored = z(torch.float32), z(torch.int64), z(torch.int64)
-        self.first_bad = torch.full((), -1, device=device, dtype=torch.int64)  # 0-based step of the first NaN/inf
+        self.first_bad = torch.full(shape, -1, device=device, dtype=torch.int64)  # 0-based step of the first NaN/inf
 
     def add(self, loss: torch.Tensor, correct: torch.Tensor, scored: torch.Tensor, step: torch.Tensor) -> None:
         """All in-place device ops, so the same code runs eagerly and inside a captured graph."""
@@ -72,17 +75,22 @@ class Meters:
         bad = ~torch.isfinite(loss) & (self.first_bad < 0)
         self.first_bad.copy_(torch.where(bad, step, self.first_bad))
 
-    def read(self) -> dict:
-        """One host sync: the window's mean loss and accuracy, the last step's, and the first bad step (or -1)."""
+    def read(self) -> dict | list[dict]:
+        """One host sync: the window's mean loss and accuracy, the last step's, and the first bad step (or -1); a
+        list of those, one per member, with `members`."""
         vals = torch.stack([self.loss_sum, self.correct.float(), self.scored.float(), self.count.float(),
                             self.last_loss, self.last_correct.float(), self.last_scored.float(),
-                            self.first_bad.float()]).tolist()
+                            self.first_bad.float()], dim=-1).tolist()
         for t in (self.loss_sum, self.correct, self.scored, self.count):
             t.zero_()
-        loss_sum, correct, scored, count, last_loss, last_correct, last_scored, first_bad = vals
-        return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(scored, 1), "steps": int(count),
-                "last_loss": last_loss, "last_accuracy": last_correct / max(last_scored, 1),
-                "first_bad_step": int(first_bad)}
+        rows = [_meter_row(*v) for v in (vals if self.members is not None else [vals])]
+        return rows if self.members is not None else rows[0]
+
+
+def _meter_row(loss_sum, correct, scored, count, last_loss, last_correct, last_scored, first_bad) -> dict:
+    return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(scored, 1), "steps": int(count),
+            "last_loss": last_loss, "last_accuracy": last_correct / max(last_scored, 1),
+            "first_bad_step": int(first_bad)}
 
 
 def make_optimizer(model, cfg: TrainerConfig, device: torch.device, device_schedule: bool) -> torch.optim.AdamW:

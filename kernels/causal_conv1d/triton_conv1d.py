@@ -28,9 +28,12 @@ def _blocks(dim, L):
 
 
 class CausalConv1dTriton(torch.autograd.Function):
+    """vmap: the member (vmapped) dimension folds into the channels, as for the scan: the conv is depthwise, so
+    k members' channels (and their per-channel weights and biases) concatenate to k * dim channels of one
+    launch."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, activation):
+    def forward(x, weight, bias, activation):
         silu = _silu_flag(activation)
         batch, dim, L = x.shape
         W = weight.shape[1]
@@ -41,9 +44,13 @@ class CausalConv1dTriton(torch.autograd.Function):
         K.conv_fwd_kernel[(batch * nd, -(-L // bl))](
             x, weight, bias if bias is not None else weight, y, dim, L, nd, *x.stride(), *weight.stride(),
             *y.stride(), HAS_BIAS=bias is not None, SILU=silu, W=W, BLOCK_D=bd, BLOCK_L=bl, num_warps=4)
-        ctx.save_for_backward(x, weight, bias)
-        ctx.silu = silu
         return y
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, activation = inputs
+        ctx.save_for_backward(x, weight, bias)
+        ctx.silu = _silu_flag(activation)
 
     @staticmethod
     def backward(ctx, dy):
@@ -62,6 +69,22 @@ class CausalConv1dTriton(torch.autograd.Function):
             BLOCK_D=bd, BLOCK_L=bl, num_warps=4)
         dbias = db.sum(0).to(bias.dtype) if bias is not None else None
         return dx, dw.sum(0).to(weight.dtype), dbias, None
+
+    @staticmethod
+    def vmap(info, in_dims, x, weight, bias, activation):
+        k = info.batch_size
+
+        def members_first(t, d):
+            return t.expand(k, *t.shape) if d is None else t.movedim(d, 0)
+
+        x = members_first(x, in_dims[0])  # [k, batch, dim, L]
+        _, batch, dim, L = x.shape
+        # Only the folded [batch, k * dim] view is needed: any strides along those (the kernel takes them).
+        x = x.transpose(0, 1).reshape(batch, k * dim, L)
+        weight = members_first(weight, in_dims[1]).reshape(k * dim, -1)
+        bias = None if bias is None else members_first(bias, in_dims[2]).reshape(k * dim)
+        y = CausalConv1dTriton.apply(x, weight, bias, activation)
+        return y.view(batch, k, dim, L), 1
 
 
 def causal_conv1d_triton(x, weight, bias=None, activation=None):

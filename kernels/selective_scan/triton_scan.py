@@ -350,24 +350,35 @@ def _bwd_launch(dout, dlast, u, delta, A, B, C, D, z, delta_bias, ckpt, softplus
 
 
 class SelectiveScanTriton(torch.autograd.Function):
+    """The scan with its fused backward. Takes u, delta, z contiguous in L and A, D, delta_bias in fp32 (the
+    caller casts them: as autograd ops, so gradients flow back to the original dtypes and layouts). Returns
+    (y, last state, checkpoints); the checkpoints are an output only so that setup_context can save them (the
+    form torch.func needs), and take no gradient.
+
+    vmap: the member (vmapped) dimension folds into the channels. A, D and delta_bias are per channel, so k
+    members' channels concatenate to k * dim; B and C are per (batch, group), so each member's groups become k
+    groups of the folded scan (member m's group g is group m * groups + g, the group of its channels). One
+    launch then serves all k members (e.g. an ensemble's, ssmbench.ensemble)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, cfg, long_sequence):
-        u, delta, z = _lastdim_contig(u), _lastdim_contig(delta), _lastdim_contig(z)
-        A = A.float()
-        D = D.float() if D is not None else None
-        bias = delta_bias.float() if delta_bias is not None else None
-        out, ckpt, _ = _fwd(u, delta, A, B, C, D, z, bias, delta_softplus, cfg, long_sequence, True)
+    def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cfg, long_sequence):
+        out, ckpt, _ = _fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, cfg, long_sequence, True)
+        return out, ckpt[:, :, -1].clone(), ckpt
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        u, delta, A, B, C, D, z, bias, softplus, cfg, long_sequence = inputs
+        ckpt = output[2]
         ctx.save_for_backward(u, delta, A, B, C, D, z, bias, ckpt)
-        ctx.cfg, ctx.long_sequence, ctx.softplus = cfg, long_sequence, delta_softplus
-        if return_last_state:
-            last = ckpt[:, :, -1].clone()
-            return out, last
-        return out
+        ctx.mark_non_differentiable(ckpt)
+        ctx.set_materialize_grads(False)  # an unused last state gives no gradient, not a zero one to scan back
+        ctx.cfg, ctx.long_sequence, ctx.softplus = cfg, long_sequence, softplus
 
     @staticmethod
-    def backward(ctx, dout, dlast=None):
+    def backward(ctx, dout, dlast, _dckpt):
         u, delta, A, B, C, D, z, bias, ckpt = ctx.saved_tensors
+        if dout is None:  # only the last state is used
+            dout = torch.zeros_like(u)
         dout = _lastdim_contig(dout)
         if dout.stride(0) == 0 or dout.stride(1) == 0:  # expanded grads (e.g. from .sum()) -> real strides
             dout = dout.contiguous()
@@ -375,7 +386,59 @@ class SelectiveScanTriton(torch.autograd.Function):
                                                      ctx.softplus, ctx.cfg, ctx.long_sequence)
         dB = dB.reshape(B.shape).to(B.dtype)
         dC = dC.reshape(C.shape).to(C.dtype)
-        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None, None, None
+        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, u, delta, A, B, C, D, z, delta_bias, delta_softplus, cfg, long_sequence):
+        k = info.batch_size
+        u_d, delta_d, A_d, B_d, C_d, D_d, z_d, bias_d = in_dims[:8]
+        u, delta, z = (_members_first(x, d, k) for x, d in ((u, u_d), (delta, delta_d), (z, z_d)))
+        batch, dim, L = u.shape[1:]
+        N = A.shape[-1]
+        folded = SelectiveScanTriton.apply(
+            _fold_channels(u), _fold_channels(delta),
+            _members_first(A, A_d, k).reshape(k * dim, N), _fold_bc(B, B_d, k), _fold_bc(C, C_d, k),
+            _fold_per_channel(D, D_d, k), _fold_channels(z), _fold_per_channel(delta_bias, bias_d, k),
+            delta_softplus, cfg, long_sequence)
+        out, last, ckpt = folded
+        return ((out.view(batch, k, dim, L), last.view(batch, k, dim, N),
+                 ckpt.view(batch, k, dim, *ckpt.shape[2:])), (1, 1, 1))
+
+
+def _members_first(x, in_dim, k):
+    """A vmapped argument with the member dimension in front (an unbatched one expanded to k members)."""
+    if x is None:
+        return None
+    return x.expand(k, *x.shape) if in_dim is None else x.movedim(in_dim, 0)
+
+
+def _fold_channels(x):
+    """[k, batch, dim, L] -> [batch, k * dim, L] (member m's channel c at m * dim + c), rows contiguous in L."""
+    if x is None:
+        return None
+    k, batch, dim, L = x.shape
+    return _lastdim_contig(x.transpose(0, 1).reshape(batch, k * dim, L))
+
+
+def _fold_per_channel(x, in_dim, k):
+    """[dim] per member -> [k * dim]."""
+    return None if x is None else _members_first(x, in_dim, k).reshape(-1)
+
+
+def _fold_bc(X, in_dim, k):
+    """B or C per member -> the folded scan's: fixed [dim, N] -> [k * dim, N]; time-varying [batch, N, L] or
+    [batch, groups, N, L] -> [batch, k * groups, N, L] (member m's group g is group m * groups + g)."""
+    X = _members_first(X, in_dim, k)
+    if X.dim() == 3:  # fixed over time
+        return X.reshape(k * X.shape[1], X.shape[2])
+    if X.dim() == 4:
+        X = X.unsqueeze(2)
+    _, batch, groups, N, L = X.shape
+    return _lastdim_contig(X.transpose(0, 1).reshape(batch, k * groups, N, L))
+
+
+def _is_functorch_wrapped(*xs) -> bool:
+    return any(x is not None and torch._C._functorch.is_functorch_wrapped_tensor(x) for x in xs)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -397,8 +460,9 @@ def scan_triton_unchecked(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     if u.shape[-1] == 0:
         from .reference import scan_ref_unchecked
         return scan_ref_unchecked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    if not torch.is_grad_enabled() or not any(
-            x is not None and x.requires_grad for x in (u, delta, A, B, C, D, z, delta_bias)):
+    ins = (u, delta, A, B, C, D, z, delta_bias)
+    vmapped = _is_functorch_wrapped(*ins)  # under torch.func: through the Function, whose vmap rule handles it
+    if not vmapped and (not torch.is_grad_enabled() or not any(x is not None and x.requires_grad for x in ins)):
         # inference (e.g. a prefill): no autograd node, no checkpoints; the final state where it is asked for or
         # where the variant that stores it runs faster (see ScanConfig)
         u, delta, z = _lastdim_contig(u), _lastdim_contig(delta), _lastdim_contig(z)
@@ -407,5 +471,9 @@ def scan_triton_unchecked(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
                             delta_bias.float() if delta_bias is not None else None, delta_softplus, config,
                             long_sequence, False, return_last_state or few)
         return (out, last) if return_last_state else out
-    return SelectiveScanTriton.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                                     config, long_sequence)
+    # (a vmapped tensor has no strides to ask for: the vmap rule lays out its folded arguments itself)
+    contig = (lambda x: x) if vmapped else _lastdim_contig
+    out, last, _ = SelectiveScanTriton.apply(
+        contig(u), contig(delta), A.float(), B, C, D.float() if D is not None else None, contig(z),
+        delta_bias.float() if delta_bias is not None else None, delta_softplus, config, long_sequence)
+    return (out, last) if return_last_state else out

@@ -4,6 +4,7 @@ step captured as a CUDA graph.
     ssmbench-trainbench --out results/training/rows                 # every experiment x model x step mode
     ssmbench-trainbench --experiments induction --models mamba --modes graphs --tag k4-p0 --out DIR
     ssmbench-trainbench --summarize results/training                # rows -> summary.md, rows.csv, plot
+    ssmbench-trainbench --models mamba --modes eager --ensemble 8   # also: 8 seeds as one batched ensemble
 
 A step here is exactly the training loop's: a fresh batch sampled on the device, forward, loss, backward, clip,
 AdamW, schedule (ssmbench.step.TrainStep). Each measurement runs `--warmup` steps (graph capture included), then
@@ -12,6 +13,11 @@ the median block's ms/step. Several processes sharing one GPU are measured by st
 with their own `--tag kN-pI` and one `--barrier` folder (scripts/trainbench_share.sh does it, time-sliced and
 under MPS): each process builds and warms up, then waits at the barrier until all N are ready, so that their
 timed blocks overlap. The summary puts them beside the process alone.
+
+`--ensemble K` adds, for each model, a row of K seeds trained as one batched ensemble (ssmbench.ensemble: the
+members' parameters stacked, one vmapped step serves all K, each member sampling its own batch). Every row carries
+`ms_per_member_step` (a solo run's ms_per_step; an ensemble's ms_per_step / K), the number to set beside K solo
+steps; the summary does.
 """
 
 from __future__ import annotations
@@ -61,6 +67,31 @@ def build_step(overrides: list[str], mode: str):
     return p, model, step, lambda: p.task.sample(p.trainer.batch_size, None, gen)
 
 
+def build_ensemble(overrides: list[str], k: int):
+    """K seeds of one experiment's model as one EnsembleStep: (prepared run of seed 0, step, next_batch)."""
+    from ssmbench.ensemble import EnsembleStep, build_members
+
+    preps = [prepare(compose_config([*overrides, f"seed={seed}", "trainer.progress=false"])) for seed in range(k)]
+    p = preps[0]
+    step = EnsembleStep(build_members(preps), p.task, p.trainer, p.device, p.precision)
+    gens = [torch.Generator(device=p.device).manual_seed(seed) for seed in range(k)]
+    return p, step, lambda: step.sample(gens)
+
+
+def bench_ensemble(overrides: list[str], k: int, steps: int, warmup: int, repeats: int) -> dict:
+    p, step, next_batch = build_ensemble(overrides, k)
+    reset_peak_memory(p.device)
+    blocks_ms = wall_ms(lambda: step(next_batch()), p.device, warmup=warmup, repeats=repeats, calls=steps)
+    ms = statistics.median(blocks_ms)
+    rows = step.meters.read()
+    bs = p.trainer.batch_size
+    return {"ms_per_step": ms, "ms_per_member_step": ms / k, "ensemble_k": k,
+            "tokens_per_s": k * bs * p.task.seq_len / (ms / 1e3), "step_mode": "eager", "step_mode_reason": "",
+            "batch_size": bs, "seq_len": p.task.seq_len, "params": sum(t[0].numel() for t in step.params.values()),
+            "peak_mem_bytes": peak_memory_bytes(p.device), "precision": p.precision,
+            "finite_loss": all(r["last_loss"] == r["last_loss"] for r in rows), "ms_per_step_blocks": blocks_ms}
+
+
 def sharing_of(tag: str) -> tuple[int, str]:
     """`kN-pI` -> (N, "time-sliced"); `kN-pI-mps` -> (N, "MPS"); anything else -> (1, "alone")."""
     m = re.fullmatch(r"k(\d+)-p\d+(-mps)?", tag or "")
@@ -102,7 +133,7 @@ def bench_one(overrides: list[str], mode: str, steps: int, warmup: int, repeats:
             "step_mode_reason": step.reason, "batch_size": bs, "seq_len": p.task.seq_len,
             "params": model.num_parameters(), "peak_mem_bytes": peak_memory_bytes(p.device),
             "precision": p.precision, "finite_loss": last["last_loss"] == last["last_loss"],
-            "ms_per_step_blocks": blocks_ms}
+            "ms_per_member_step": ms, "ms_per_step_blocks": blocks_ms}
 
 
 def run(args) -> list[dict]:
@@ -113,15 +144,20 @@ def run(args) -> list[dict]:
         for name, overrides in EXPERIMENTS[exp].items():
             if args.models and name not in args.models:
                 continue
-            for mode in args.modes:
+            for mode in args.modes + (["ensemble"] if args.ensemble else []):
                 base = {"experiment": exp, "model": name, "mode_asked": mode, "tag": args.tag}
                 barrier = None
-                if args.barrier:
+                if args.barrier and mode != "ensemble":
                     barrier = partial(wait_at_barrier, Path(args.barrier), f"{exp}-{name}-{mode}", args.tag,
                                       sharing_of(args.tag)[0])
                 try:
-                    row = {**base, **bench_one(overrides + args.override, mode, args.steps, args.warmup, args.repeats,
-                                               barrier)}
+                    if mode == "ensemble":
+                        measured = bench_ensemble(overrides + args.override, args.ensemble, args.steps, args.warmup,
+                                                  args.repeats)
+                    else:
+                        measured = bench_one(overrides + args.override, mode, args.steps, args.warmup, args.repeats,
+                                             barrier)
+                    row = {**base, **measured}
                 except Exception as e:  # one model failing must not cost the others' numbers
                     row = {**base, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
                 if env is None:
@@ -146,10 +182,13 @@ def summarize(folder: Path) -> str:
              f"triton {df['triton'].iloc[0]}; commit {df['commit'].iloc[0]}. Median of "
              "timed blocks, ms per step (sampling, forward, backward, clip, AdamW).", ""]
     if len(solo):
-        table = solo.pivot_table(index=["experiment", "model"], columns="mode_asked", values="ms_per_step")
+        table = solo[solo["mode_asked"] != "ensemble"].pivot_table(index=["experiment", "model"],
+                                                                    columns="mode_asked", values="ms_per_step")
         if {"eager", "graphs"} <= set(table.columns):
             table["eager / graphs"] = table["eager"] / table["graphs"]
         lines += ["## One process", "", table.round(3).to_markdown(), ""]
+        if (solo["mode_asked"] == "ensemble").any():
+            lines += ensemble_lines(solo)
         fell_back = solo[solo["step_mode_reason"].fillna("") != ""]
         for _, r in fell_back.iterrows():
             lines.append(f"- {r['experiment']} {r['model']}: {r['step_mode_reason']}")
@@ -174,6 +213,19 @@ def summarize(folder: Path) -> str:
     return text
 
 
+def ensemble_lines(solo) -> list[str]:
+    """The ensembles' ms per member-step beside the solo runs' ms per step (the same thing: what one run's step
+    costs), and how many times cheaper the ensemble makes it."""
+    k = solo.loc[solo["mode_asked"] == "ensemble", "ensemble_k"].dropna()
+    table = solo.pivot_table(index=["experiment", "model"], columns="mode_asked", values="ms_per_member_step")
+    for mode in ("eager", "graphs"):
+        if mode in table.columns:
+            table[f"{mode} / ensemble"] = table[mode] / table["ensemble"]
+    ks = ", ".join(str(int(v)) for v in sorted(set(k)))
+    return ["", f"## Batched ensemble (k = {ks} seeds in one step): ms per member-step", "",
+            table.round(3).to_markdown(), ""]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="ssmbench-trainbench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
@@ -187,11 +239,15 @@ def main(argv: list[str] | None = None) -> None:
                     "after warm-up, so their timed blocks overlap")
     ap.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every run")
     ap.add_argument("--out", default="", help="folder for this process's rows (<tag or solo>.json)")
+    ap.add_argument("--ensemble", type=int, default=0, metavar="K",
+                    help="also time K seeds of each model as one batched ensemble (ssmbench.ensemble); 0: off")
     ap.add_argument("--summarize", default="", help="write summary.md and rows.csv of FOLDER/rows and exit")
     args = ap.parse_args(argv)
     if args.summarize:
         print(summarize(Path(args.summarize)))
         return
+    if args.ensemble < 0:
+        ap.error(f"--ensemble must be >= 0 (0: off), got {args.ensemble}")
     run(args)
 
 

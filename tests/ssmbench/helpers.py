@@ -15,8 +15,14 @@ TINY = ["task.seq_len=32", "task.n_data=4", "model.d_model=16", "model.n_layers=
         "eval.batch_size=8", "model.layer.d_state=4"]
 
 
+# Models whose inner layer has no state size (attention, the RNNs, Hyena's implicit filter): model.layer.d_state
+# would be an unknown key there.
+NO_D_STATE = ("transformer", "lstm", "gru", "elman", "rnn", "hyena")
+
+
 def tiny_overrides(model: str = "mamba") -> list[str]:
-    over = [o for o in TINY if not (o.startswith("model.layer.d_state") and model in ("transformer", "lstm"))]
+    stateless = any(name in model for name in NO_D_STATE)
+    over = [o for o in TINY if not (o.startswith("model.layer.d_state") and stateless)]
     return [f"model={model}"] + over
 
 

@@ -45,3 +45,23 @@ def test_summary_sets_shared_runs_beside_the_run_alone(tmp_path):
     by_sharing = {c[3]: c for c in cells}
     assert set(by_sharing) == {"MPS", "time-sliced"}
     assert by_sharing["MPS"][-1] == "1.5" and by_sharing["time-sliced"][-1] == "4"  # wall of 4 runs / one run
+
+
+def test_ensemble_rows_time_k_seeds_in_one_step_beside_the_solo_step(tmp_path, capsys):
+    # CPU smoke: a tiny induction model, one timed step each; the numbers mean nothing here, the plumbing does.
+    from ssmbench.perf.training import main
+
+    tiny = ["device=cpu", "model.d_model=8", "model.n_layers=1", "task.seq_len=16", "trainer.batch_size=2",
+            "model.layer.d_state=4"]
+    main(["--experiments", "induction", "--models", "mamba", "--modes", "eager", "--ensemble", "2", "--steps", "1",
+          "--warmup", "1", "--repeats", "1", "--out", str(tmp_path / "rows"), "--override", *tiny])
+    rows = json.loads((tmp_path / "rows" / "solo.json").read_text())
+    by_mode = {r["mode_asked"]: r for r in rows}
+    assert set(by_mode) == {"eager", "ensemble"} and not any("error" in r for r in rows), rows
+    ens = by_mode["ensemble"]
+    assert ens["ensemble_k"] == 2 and ens["finite_loss"]
+    assert abs(ens["ms_per_member_step"] - ens["ms_per_step"] / 2) < 1e-9
+    assert by_mode["eager"]["ms_per_member_step"] == by_mode["eager"]["ms_per_step"]
+    text = summarize(tmp_path)
+    assert "## Batched ensemble (k = 2 seeds in one step): ms per member-step" in text
+    assert "eager / ensemble" in text
