@@ -12,8 +12,10 @@
 # training-speed stages: sharing (scripts/gpu_sharing_modes.sh on the induction runs, 45 s a mode, into
 # OUT/sharing: needs the GPU to itself, ~6 minutes), copies (scripts/scan_sweeps.py --sections copies into
 # OUT/scan_sweeps), train_profile (scripts/profile_train_step.py for Table 1's mamba, s6_nogate, h3 and
-# transformer into OUT/train_profile) and kernel_tests (the GPU tests of the scan: every length to 70, half
-# precision against float64, and threaded graph captures).
+# transformer into OUT/train_profile), kernel_tests (the GPU tests of the scan: every length to 70, half
+# precision against float64, threaded graph captures, and the vmap rules and a Mamba ensemble on the Triton
+# kernels against its members alone) and ensemble (ssmbench-trainbench --ensemble 8: 8 seeds as one batched step
+# beside one run's eager and graphed steps, induction and Table 1, into OUT/ensemble).
 # Each stage has its own time limit (and the apps their own budget_s inside it), so one that overruns cannot
 # starve the next; rows are written as they are measured, so a stage stopped early keeps what it measured.
 # Logs: OUT/logs/<stage>.log. Uses $PYTHON (default: python). Needs torch with CUDA, triton, hydra-core,
@@ -95,8 +97,11 @@ stage sharing 420 env PYTHON="$PY" bash scripts/gpu_sharing_modes.sh scripts/stu
 stage copies 150 $PY scripts/scan_sweeps.py --sections copies --results-root "$OUT"
 stage train_profile 240 bash -c "for m in mamba s6_nogate h3 transformer; do
   $PY scripts/profile_train_step.py --experiment table1 --model \$m --out '$OUT/train_profile' || echo \"\$m failed\"; done"
-stage kernel_tests 420 $PY -m pytest -q -s -p no:cacheprovider -o addopts="" -m gpu tests/kernels/test_scan_lengths.py \
-  tests/kernels/test_triton_scan.py tests/ssmbench/test_train_step.py
+stage kernel_tests 420 bash -c "$PY -m pytest -q -s -p no:cacheprovider -o addopts='' -m gpu \
+  tests/kernels/test_scan_lengths.py tests/kernels/test_triton_scan.py tests/ssmbench/test_train_step.py;
+  $PY -m pytest -q -p no:cacheprovider -o addopts='' tests/kernels/test_vmap_kernels.py"
+stage ensemble 240 bash -c "$PY -m ssmbench.perf.training --experiments induction table1 --models mamba transformer \
+  --modes eager graphs --ensemble 8 --out '$OUT/ensemble/rows' && $PY -m ssmbench.perf.training --summarize '$OUT/ensemble'"
 if $PY -c "import pytest_benchmark" >/dev/null 2>&1; then
   stage gpu_tests 50 $PY -m pytest -q -p no:cacheprovider -m gpu tests/ssmbench/test_profile.py tests/benchmarks \
     --benchmark-enable --benchmark-json="$OUT/benchmarks/gpu.json" --benchmark-max-time=0.05 --benchmark-min-rounds=3
