@@ -111,10 +111,14 @@ def run_threads(runs: list[tuple[str, list[str]]], overrides: list[str]) -> dict
     return errors
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ssmbench.multirun", description=__doc__.splitlines()[0])
+def study_cli(prog: str, description: str, names_help: str, argv: list[str] | None
+              ) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """The command line of the study drivers (this one, ssmbench.ensemble_run): a study file, --names, overrides
+    added to every run, in any order. Returns (the runs asked for, the overrides); argparse errors name the
+    study file or the unknown names. Sets up logging."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
     ap.add_argument("study", help="a study file: one run a line, a name and then its ssmbench arguments")
-    ap.add_argument("--names", help="only these runs of the file, comma-separated")
+    ap.add_argument("--names", help=names_help)
     ap.add_argument("overrides", nargs="*", help="added to every run, e.g. trainer.max_time_s=400")
     a = ap.parse_intermixed_args(argv)  # the study, --names and the overrides in any order
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
@@ -128,16 +132,29 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             ap.error(f"--names: no run {', '.join(map(repr, unknown))} in {a.study}")
         runs = [r for r in runs if r[0] in names]
+    return runs, a.overrides
+
+
+def pause_all_on_signals() -> list[int]:
+    """SIGTERM and SIGUSR2 (what a cluster sends before it stops a job) make every run checkpoint and pause
+    (train.STOP_ALL); returns the list the signals received are appended to, for the exit code 128 + signal."""
     received: list[int] = []
 
-    def on_signal(signum, frame):  # every run checkpoints and pauses (train.STOP_ALL), then the process ends
+    def on_signal(signum, frame):
         received.append(signum)
         STOP_ALL.set()
 
     for sig in (signal.SIGTERM, signal.SIGUSR2):
         signal.signal(sig, on_signal)
+    return received
+
+
+def main(argv: list[str] | None = None) -> int:
+    runs, overrides = study_cli("python -m ssmbench.multirun", __doc__.splitlines()[0],
+                                "only these runs of the file, comma-separated", argv)
+    received = pause_all_on_signals()
     try:
-        errors = run_threads(runs, a.overrides)
+        errors = run_threads(runs, overrides)
     except RunConfigError as e:
         print(f"ssmbench.multirun: config error: {e}", file=sys.stderr)
         return 2

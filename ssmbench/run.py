@@ -205,14 +205,9 @@ def eval_generator_seed(seed: int, length: int) -> int:
     return check_seed_of(seed) + 7919 * length
 
 
-def execute(p: Prepared, run_id: str, study: str, run_folder: Path | None = None,
-            save_trained_model: bool = False, on_check=None) -> list[dict[str, Any]]:
-    """Train and evaluate; always returns rows (one per evaluation length), whatever happened. With `run_folder`
-    the run checkpoints there and continues from a checkpoint it finds; a run that pauses (its `max_time_s`
-    budget spent, or SIGTERM) returns rows with status "paused", which are not results: the caller keeps them out
-    of the store. A finished run's model is kept in `run_folder` when `save_trained_model`."""
-    started = time.perf_counter()
-    base = {
+def base_row(p: Prepared, run_id: str, study: str) -> dict[str, Any]:
+    """The columns every row of a run carries: what was run, on what."""
+    return {
         "run_id": run_id,
         "study": study,
         "task": p.cfg.task.name,
@@ -231,30 +226,19 @@ def execute(p: Prepared, run_id: str, study: str, run_folder: Path | None = None
         **environment(p.device),
         "config": OmegaConf.to_yaml(p.cfg, resolve=True),
     }
-    autocast = autocast_factory(p.device, p.precision)
-    gen = torch.Generator(device=p.device).manual_seed(p.cfg.seed)
-    check_seed = check_seed_of(p.cfg.seed)
-    params = 0
-    try:
-        with GPU_TURNS.exclusive():  # the global generator is the process's: runs in threads take turns
-            torch.manual_seed(p.cfg.seed)  # parameter init only; tasks draw from their own generator
-            model = LanguageModel(p.model_cfg, p.task.vocab_size)
-        model = model.to(p.device)
-        params = model.num_parameters()
-        res = train(model, p.task, p.trainer, p.device, p.precision, autocast, gen, check_seed,
-                    desc=f"{p.model_cfg.name} {p.cfg.task.name} L={p.task.seq_len} seed={p.cfg.seed} [{run_id}]",
-                    run_folder=run_folder, run_id=run_id, on_check=on_check)
-    except Exception as e:  # everything after validation is a result, not a crash of the sweep
-        oom = is_out_of_memory(e)
-        free_cached_memory(p.device)
-        status = "oom" if oom else "error"
-        log.error("run %s failed (%s): %s", run_id, status, e)
-        err = str(e).splitlines()[0] if oom else "".join(traceback.format_exception_only(type(e), e)).strip()
-        return [{**base, "params": params, "eval_len": L, "status": status, "error": err[:2000],
-                 "accuracy": math.nan, "loss": math.nan, "steps": 0, "wall_s": time.perf_counter() - started}
-                for L in p.eval_lengths]
-    rows = []
-    train_fields = {
+
+
+def build_model(p: Prepared) -> LanguageModel:
+    """The run's model, initialised from its seed, on its device."""
+    with GPU_TURNS.exclusive():  # the global generator is the process's: runs in threads take turns
+        torch.manual_seed(p.cfg.seed)  # parameter init only; tasks draw from their own generator
+        model = LanguageModel(p.model_cfg, p.task.vocab_size)
+    return model.to(p.device)
+
+
+def train_fields(res, params: int) -> dict[str, Any]:
+    """The training columns of a run's rows, from its TrainResult."""
+    return {
         "params": params,
         "steps": res.steps,
         "stopped_early": res.stopped_early,
@@ -268,11 +252,25 @@ def execute(p: Prepared, run_id: str, study: str, run_folder: Path | None = None
         "step_mode": res.step_mode,
         "step_mode_reason": res.step_mode_reason,
     }
-    if res.status == "paused":
-        return [{**base, **train_fields, "eval_len": L, "status": "paused", "error": "", "accuracy": math.nan,
-                 "loss": math.nan, "wall_s": time.perf_counter() - started} for L in p.eval_lengths]
-    if res.status == "ok" and run_folder is not None and save_trained_model:
-        save_model(run_folder, model, kept_model_meta(p, run_id, res.steps))
+
+
+def error_rows(p: Prepared, base: dict, params: int, e: BaseException, started: float) -> list[dict[str, Any]]:
+    """The rows of a run that failed after validation (an error is a result, not a crash of the sweep)."""
+    oom = is_out_of_memory(e)
+    free_cached_memory(p.device)
+    status = "oom" if oom else "error"
+    log.error("run %s failed (%s): %s", base["run_id"], status, e)
+    err = str(e).splitlines()[0] if oom else "".join(traceback.format_exception_only(type(e), e)).strip()
+    return [{**base, "params": params, "eval_len": L, "status": status, "error": err[:2000],
+             "accuracy": math.nan, "loss": math.nan, "steps": 0, "wall_s": time.perf_counter() - started}
+            for L in p.eval_lengths]
+
+
+def evaluated_rows(p: Prepared, model, res, base: dict, fields: dict, started: float) -> list[dict[str, Any]]:
+    """A trained run's rows, one per evaluation length (status ok), or its training's outcome at every length
+    (nan, ...)."""
+    autocast = autocast_factory(p.device, p.precision)
+    rows = []
     for L in p.eval_lengths:
         if res.status != "ok":
             ev = {"eval_len": L, "status": res.status, "error": res.error, "accuracy": math.nan, "loss": math.nan}
@@ -285,9 +283,38 @@ def execute(p: Prepared, run_id: str, study: str, run_folder: Path | None = None
             except Exception as e:
                 ev = {"eval_len": L, "status": "error", "accuracy": math.nan, "loss": math.nan,
                       "error": "".join(traceback.format_exception_only(type(e), e)).strip()[:2000]}
-        rows.append({**base, **train_fields, **ev})
+        rows.append({**base, **fields, **ev})
     wall = time.perf_counter() - started
     return [{**r, "wall_s": wall} for r in rows]
+
+
+def execute(p: Prepared, run_id: str, study: str, run_folder: Path | None = None,
+            save_trained_model: bool = False, on_check=None) -> list[dict[str, Any]]:
+    """Train and evaluate; always returns rows (one per evaluation length), whatever happened. With `run_folder`
+    the run checkpoints there and continues from a checkpoint it finds; a run that pauses (its `max_time_s`
+    budget spent, or SIGTERM) returns rows with status "paused", which are not results: the caller keeps them out
+    of the store. A finished run's model is kept in `run_folder` when `save_trained_model`."""
+    started = time.perf_counter()
+    base = base_row(p, run_id, study)
+    autocast = autocast_factory(p.device, p.precision)
+    gen = torch.Generator(device=p.device).manual_seed(p.cfg.seed)
+    check_seed = check_seed_of(p.cfg.seed)
+    params = 0
+    try:
+        model = build_model(p)
+        params = model.num_parameters()
+        res = train(model, p.task, p.trainer, p.device, p.precision, autocast, gen, check_seed,
+                    desc=f"{p.model_cfg.name} {p.cfg.task.name} L={p.task.seq_len} seed={p.cfg.seed} [{run_id}]",
+                    run_folder=run_folder, run_id=run_id, on_check=on_check)
+    except Exception as e:  # everything after validation is a result, not a crash of the sweep
+        return error_rows(p, base, params, e, started)
+    fields = train_fields(res, params)
+    if res.status == "paused":
+        return [{**base, **fields, "eval_len": L, "status": "paused", "error": "", "accuracy": math.nan,
+                 "loss": math.nan, "wall_s": time.perf_counter() - started} for L in p.eval_lengths]
+    if res.status == "ok" and run_folder is not None and save_trained_model:
+        save_model(run_folder, model, kept_model_meta(p, run_id, res.steps))
+    return evaluated_rows(p, model, res, base, fields, started)
 
 
 def kept_model_meta(p: Prepared, run_id: str, steps: int) -> dict[str, Any]:
