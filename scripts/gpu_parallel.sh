@@ -21,9 +21,16 @@ here=$(dirname "$0")
 py=${PYTHON:-python3}  # the interpreter that has ssmbench installed
 # THREADS=1 trains the runs given to one GPU in one process, one thread and CUDA stream each (ssmbench.multirun),
 # so their kernels can overlap without MPS; the process's own output goes to <study>/multirun_gpu<k>.out.
+# ENSEMBLE=1 trains the runs that differ only in their seed as one batched ensemble (ssmbench.ensemble_run: one
+# vmapped step for all of them, each keeping its own run folder, log and rows), one process per such group, the
+# groups spread over the GPUs; its output goes to <study>/ensemble_<group>.out.
 sharing="time-sliced"
 declare -A groups=()
-if [ "${THREADS:-0}" = 1 ]; then
+declare -A ens_names=() ens_slot=()
+ens_keys=()
+if [ "${ENSEMBLE:-0}" = 1 ]; then
+  sharing="ensemble (one process per group of runs that differ only in seed)"
+elif [ "${THREADS:-0}" = 1 ]; then
   sharing="threads (one process per GPU, a thread per run)"
 elif [ "${MPS:-0}" = 1 ]; then
   . "$here/mps.sh"
@@ -59,15 +66,23 @@ while read -r name args; do
   study=${study:-default}
   mkdir -p "$root/$study/logs"
   [[ " ${studies[*]} " == *" $study "* ]] || studies+=("$study")
+  slot=$i
+  if [ "${ENSEMBLE:-0}" = 1 ]; then  # the group: the run's arguments without its seed
+    key=$(sed -E 's/(^| )seed=[^ ]*//g; s/^ +//' <<<"$args")
+    if [ -z "${ens_slot[$key]+set}" ]; then ens_slot[$key]=${#ens_keys[@]}; ens_keys+=("$key"); fi
+    ens_names[$key]+="$name,"
+    slot=${ens_slot[$key]}
+  fi
   pin=()
   if [ "$gpus" -gt 1 ]; then
-    pin=(env CUDA_VISIBLE_DEVICES=$((i % gpus)))
-    echo "# $(date -u +%FT%TZ) gpu $((i % gpus)) of $gpus, $sharing" >>"$root/$study/logs/$name.log"
+    pin=(env CUDA_VISIBLE_DEVICES=$((slot % gpus)))
+    echo "# $(date -u +%FT%TZ) gpu $((slot % gpus)) of $gpus, $sharing" >>"$root/$study/logs/$name.log"
   else  # every piece's log says how many GPUs its call spread runs over (scripts/pieces_throughput.py reads it)
     echo "# $(date -u +%FT%TZ) gpu 0 of 1 (CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-unset}), $sharing" >>"$root/$study/logs/$name.log"
   fi
-  k=$((gpus > 1 ? i % gpus : 0))
+  k=$((gpus > 1 ? slot % gpus : 0))
   i=$((i + 1))
+  [ "${ENSEMBLE:-0}" = 1 ] && continue
   if [ "${THREADS:-0}" = 1 ]; then
     groups[$k]+="$name,"
     continue
@@ -82,6 +97,13 @@ for k in "${!groups[@]}"; do
   [ "$gpus" -gt 1 ] && pin=(env CUDA_VISIBLE_DEVICES="$k")
   "${pin[@]}" "$py" -m ssmbench.multirun "$list" --names "${groups[$k]}" results_root="$root" \
     trainer.max_time_s="$budget" trainer.progress=false "$@" >>"$root/${studies[0]}/multirun_gpu$k.out" 2>&1 &
+  pids+=($!)
+done
+for g in "${!ens_keys[@]}"; do
+  pin=()
+  [ "$gpus" -gt 1 ] && pin=(env CUDA_VISIBLE_DEVICES=$((g % gpus)))
+  "${pin[@]}" "$py" -m ssmbench.ensemble_run "$list" --names "${ens_names[${ens_keys[$g]}]}" results_root="$root" \
+    trainer.max_time_s="$budget" trainer.progress=false "$@" >>"$root/${studies[0]}/ensemble_$g.out" 2>&1 &
   pids+=($!)
 done
 snappers=()

@@ -10,7 +10,7 @@
 # Not in the default stages: targets (ssmbench-profile profile=targets into OUT/targets, about 5 minutes: the
 # kernels' speed targets beside the official kernel's times), e.g. STAGES="targets" for that alone; and the
 # training-speed stages: sharing (scripts/gpu_sharing_modes.sh on the induction runs, 45 s a mode, into
-# OUT/sharing: needs the GPU to itself, ~6 minutes), copies (scripts/scan_sweeps.py --sections copies into
+# OUT/sharing: needs the GPU to itself, ~8 minutes), copies (scripts/scan_sweeps.py --sections copies into
 # OUT/scan_sweeps), train_profile (scripts/profile_train_step.py for Table 1's mamba, s6_nogate, h3 and
 # transformer into OUT/train_profile), kernel_tests (the GPU tests of the scan: every length to 70, half
 # precision against float64, threaded graph captures, and the vmap rules and a Mamba ensemble on the Triton
@@ -92,7 +92,7 @@ stage generation 330 $PY -m ssmbench.perf.cli generate generation="${PRESET:-h20
   study=generation report=false hydra.run.dir="$OUT/logs/hydra/generation"
 stage generators 55 $PY -m ssmbench.perf.cli taskbench taskbench="${PRESET:-full}" results_root="$OUT" \
   study=generators report=false hydra.run.dir="$OUT/logs/hydra/generators"
-stage sharing 420 env PYTHON="$PY" bash scripts/gpu_sharing_modes.sh scripts/studies/sharing_induction.txt 45 \
+stage sharing 520 env PYTHON="$PY" bash scripts/gpu_sharing_modes.sh scripts/studies/sharing_induction.txt 45 \
   "$OUT/sharing"
 stage copies 150 $PY scripts/scan_sweeps.py --sections copies --results-root "$OUT"
 stage train_profile 240 bash -c "for m in mamba s6_nogate h3 transformer; do

@@ -6,6 +6,7 @@
 #   sliced     all runs as separate processes (the GPU takes them in turns)
 #   mps        the same under the CUDA Multi-Process Service (skipped, and said, where its daemon does not start)
 #   threads    all runs in one process, a thread and CUDA stream each (ssmbench.multirun)
+#   ensemble   the runs that differ only in seed as one batched ensemble each (ssmbench.ensemble_run)
 # Steps per second come from the runs' own logs (scripts/pieces_throughput.py); the table goes to ROOT/summary.md.
 #   bash scripts/gpu_sharing_modes.sh scripts/studies/sharing_induction.txt 60 /tmp/sharing
 set -uo pipefail
@@ -28,12 +29,13 @@ run_mode alone "$root/alone.txt"
 run_mode sliced "$list"
 run_mode mps "$list" MPS=1
 run_mode threads "$list" THREADS=1
+run_mode ensemble "$list" ENSEMBLE=1
 {
   echo "# Runs sharing one GPU: $(basename "$list"), ${budget} s of training per run"
   echo
   echo "$("$py" -c 'import torch; print(torch.cuda.get_device_name(0))' 2>/dev/null) | commit ${SSMBENCH_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)} | $(date -u +%F)"
   echo
-  for mode in alone sliced mps threads; do
+  for mode in alone sliced mps threads ensemble; do
     echo "## $mode"
     echo
     grep -h -m1 "gpu 0 of" "$root/$mode"/*/logs/*.log 2>/dev/null | head -1 | sed 's/^# [^ ]* //'

@@ -2,6 +2,7 @@
 spread round-robin over the host's GPUs (GPUS=N stands in for nvidia-smi), each run's log naming its GPU, and
 scripts/gpu_snapshot.sh brings the study back into $OUT as tarballs of rows and run folders."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -93,3 +94,27 @@ def test_a_call_on_a_warm_machine_resumes_from_its_own_newer_snapshots(tmp_path)
     # the finished run was recognised and skipped, not trained again
     again = (tmp_path / "results" / "warm" / "logs" / "a.log").read_text()
     assert again.startswith(log) and "skipping run" in again[len(log):]
+
+
+def test_ensemble_mode_trains_each_group_of_seeds_as_one_ensemble(tmp_path):
+    # ENSEMBLE=1: runs that differ only in their seed go to one ssmbench.ensemble_run process, each ending with
+    # its own rows; a run with other arguments is a group of its own
+    study = tmp_path / "study.txt"
+    tiny = " ".join(tiny_overrides("mamba")) + " study=ens device=cpu trainer.precision=fp32"
+    study.write_text(f"a  {tiny} seed=0\nb  {tiny} seed=1\nc  {tiny} seed=0 trainer.lr=3e-3\n")
+    env = {**os.environ, "GPUS": "2", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "ENSEMBLE": "1"}
+    env.pop("OUT", None)
+    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_parallel.sh"), str(study), "120",
+                          str(tmp_path / "results")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    folder = tmp_path / "results" / "ens"
+    first = {p.stem: p.read_text().splitlines()[0] for p in (folder / "logs").glob("*.log")}
+    # the group {a, b} on GPU 0, c's own group on GPU 1
+    assert [first[n].split(" gpu ")[1].split(",")[0] for n in "abc"] == ["0 of 2", "0 of 2", "1 of 2"]
+    assert all("ensemble (one process per group" in first[n] for n in "abc")
+    rows = [json.loads(p.read_text()) for p in (folder / "rows").glob("*.json")]
+    assert len(rows) == 3
+    ks = sorted(r[0]["ensemble_k"] for r in rows)
+    assert ks == [1, 2, 2] and all(r[0]["status"] == "ok" for r in rows)
+    assert sorted(p.name for p in folder.glob("ensemble_*.out")) == ["ensemble_0.out", "ensemble_1.out"]
