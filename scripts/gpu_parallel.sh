@@ -3,7 +3,7 @@
 # this call; a run not done checkpoints and pauses, and calling this again continues every unfinished run and
 # skips the finished ones (durable runs, README "Long runs, in pieces").
 #   bash scripts/gpu_parallel.sh scripts/studies/induction.txt BUDGET_S [RESULTS_ROOT] [extra overrides...]
-# (PYTHON=.venv/bin/python to use a virtualenv's ssmbench)
+# (PYTHON=.venv/bin/python to use a virtualenv's ssmbench; NAMES=a,b trains only those runs of the file)
 # On a host with several GPUs the runs are spread round-robin, one GPU per process through CUDA_VISIBLE_DEVICES
 # (GPUS=N overrides the count nvidia-smi gives; each piece's log starts with a line naming its GPU).
 # The study file holds one run a line: a name, then that run's ssmbench arguments (experiment=... sets the
@@ -61,6 +61,7 @@ gpus=${gpus:-0}
 i=0
 while read -r name args; do
   [[ -z "$name" || "$name" == \#* ]] && continue
+  [ -n "${NAMES:-}" ] && [[ ",$NAMES," != *",$name,"* ]] && continue
   # shellcheck disable=SC2086
   study=$("$py" -m ssmbench.cli $args results_root="$root" --cfg job 2>/dev/null | awk '/^study:/ {print $2}')
   study=${study:-default}

@@ -101,8 +101,11 @@ def test_ensemble_mode_trains_each_group_of_seeds_as_one_ensemble(tmp_path):
     # its own rows; a run with other arguments is a group of its own
     study = tmp_path / "study.txt"
     tiny = " ".join(tiny_overrides("mamba")) + " study=ens device=cpu trainer.precision=fp32"
-    study.write_text(f"a  {tiny} seed=0\nb  {tiny} seed=1\nc  {tiny} seed=0 trainer.lr=3e-3\n")
-    env = {**os.environ, "GPUS": "2", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "ENSEMBLE": "1"}
+    study.write_text(f"a  {tiny} seed=0\nb  {tiny} seed=1\nc  {tiny} seed=0 trainer.lr=3e-3\n"
+                     f"d  {tiny} seed=2\n")
+    # NAMES picks runs of the file: d is left out
+    env = {**os.environ, "GPUS": "2", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "ENSEMBLE": "1",
+           "NAMES": "a,b,c"}
     env.pop("OUT", None)
     res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_parallel.sh"), str(study), "120",
                           str(tmp_path / "results")], cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -110,6 +113,7 @@ def test_ensemble_mode_trains_each_group_of_seeds_as_one_ensemble(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     folder = tmp_path / "results" / "ens"
     first = {p.stem: p.read_text().splitlines()[0] for p in (folder / "logs").glob("*.log")}
+    assert sorted(first) == ["a", "b", "c"]
     # the group {a, b} on GPU 0, c's own group on GPU 1
     assert [first[n].split(" gpu ")[1].split(",")[0] for n in "abc"] == ["0 of 2", "0 of 2", "1 of 2"]
     assert all("ensemble (one process per group" in first[n] for n in "abc")
