@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from pathlib import Path
 
 import hydra
 import torch
@@ -80,20 +81,10 @@ def run_one(cfg: DictConfig) -> list[dict] | None:
         # After prepare, so the identity (and run id) keeps device.type alone: a run is the same run on any GPU.
         p.device = torch.device("cuda", gpu)
         torch.cuda.set_device(gpu)  # Triton launches and CUDA graphs use the current device
-    rid = run_id(p.identity)
-    path = rows_path(cfg.results_root, cfg.study, rid)
-    folder = run_dir(cfg.results_root, cfg.study, rid)
-    label = f"{p.model_cfg.name} on {cfg.task.name}, seed {cfg.seed}"
-    if cfg.resume and finished(path, cfg.retry_failed):
-        log.info("skipping run %s (%s): rows exist at %s", rid, label, path)
-        OUTCOMES.append(("skipped", label, str(path)))
+    opened = open_run(cfg, p)
+    if opened is None:
         return None
-    if not cfg.resume:  # start over: a checkpoint left by an earlier call is not continued
-        (folder / CHECKPOINT).unlink(missing_ok=True)
-    write_run_info(folder, {"run_id": rid, "study": cfg.study, "model": p.model_cfg.name, "task": cfg.task.name,
-                            "seed": cfg.seed, "lr": p.trainer.lr, "batch_size": p.trainer.batch_size,
-                            "train_len": p.task.seq_len, "steps": p.trainer.steps,
-                            "config": OmegaConf.to_yaml(cfg, resolve=True)})
+    rid, path, folder, label = opened
     tracker = make_tracker(cfg.logger, folder, OmegaConf.to_yaml(cfg, resolve=True), rid, f"{label} [{rid}]")
     rows = execute(p, rid, cfg.study, run_folder=folder, save_trained_model=cfg.save_model,
                    on_check=tracker.scalars)
@@ -106,6 +97,32 @@ def run_one(cfg: DictConfig) -> list[dict] | None:
                  p.trainer.max_time_s, folder / CHECKPOINT)
         OUTCOMES.append(("paused", f"{label} at step {rows[0]['steps']}/{p.trainer.steps}", str(folder)))
         return rows
+    store_rows(rows, rid, path, folder, label)
+    return rows
+
+
+def open_run(cfg: DictConfig, p, info=log.info) -> tuple[str, Path, Path, str] | None:
+    """A prepared run's id, rows file, run folder and label; None (said through `info`) when its rows exist and
+    the config resumes. Otherwise its run.json is written, and without `resume` an old checkpoint removed."""
+    rid = run_id(p.identity)
+    path = rows_path(cfg.results_root, cfg.study, rid)
+    folder = run_dir(cfg.results_root, cfg.study, rid)
+    label = f"{p.model_cfg.name} on {cfg.task.name}, seed {cfg.seed}"
+    if cfg.resume and finished(path, cfg.retry_failed):
+        info("skipping run %s (%s): rows exist at %s", rid, label, path)
+        OUTCOMES.append(("skipped", label, str(path)))
+        return None
+    if not cfg.resume:  # start over: a checkpoint left by an earlier call is not continued
+        (folder / CHECKPOINT).unlink(missing_ok=True)
+    write_run_info(folder, {"run_id": rid, "study": cfg.study, "model": p.model_cfg.name, "task": cfg.task.name,
+                            "seed": cfg.seed, "lr": p.trainer.lr, "batch_size": p.trainer.batch_size,
+                            "train_len": p.task.seq_len, "steps": p.trainer.steps,
+                            "config": OmegaConf.to_yaml(cfg, resolve=True)})
+    return rid, path, folder, label
+
+
+def store_rows(rows: list[dict], rid: str, path: Path, folder: Path, label: str, info=log.info) -> None:
+    """A run's rows (finished or failed, not paused) into the store, its progress file, and one log line a row."""
     write_rows(path, rows)
     # A finished run's rows are its result; the checkpoint only served to get here. A run that failed keeps its
     # checkpoint, so that `retry_failed=true` continues it rather than starting over.
@@ -114,12 +131,11 @@ def run_one(cfg: DictConfig) -> list[dict] | None:
     write_progress(folder, {"run_id": rid, "status": rows[0]["status"], "step": rows[0].get("steps"),
                             "rows": str(path), "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
     for r in rows:
-        log.info("%s %s L=%s: status=%s accuracy=%.4f params=%s train tok/s=%.0f", r["model"], r["task"],
-                 r["eval_len"], r["status"], r["accuracy"], r.get("params"), r.get("train_tokens_per_s", float("nan")))
-    log.info("run %s (%s): rows written to %s", rid, label, path)
+        info("%s %s L=%s: status=%s accuracy=%.4f params=%s train tok/s=%.0f", r["model"], r["task"],
+             r["eval_len"], r["status"], r["accuracy"], r.get("params"), r.get("train_tokens_per_s", float("nan")))
+    info("run %s (%s): rows written to %s", rid, label, path)
     status = rows[0]["status"]
     OUTCOMES.append(("finished" if status == "ok" else status, label, str(path)))
-    return rows
 
 
 @hydra.main(version_base="1.3", config_path="pkg://ssmbench.conf", config_name="config")

@@ -37,7 +37,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import OUTCOMES
-from .checkpoint import CHECKPOINT, load_checkpoint, run_dir, save_model, write_progress, write_run_info
+from .checkpoint import CHECKPOINT, load_checkpoint, save_model
+from .cli import open_run, store_rows
 from .config import compose_config
 from .ensemble import EnsembleStep, config_differences
 from .evaluate import autocast_factory, evaluate_length
@@ -50,7 +51,6 @@ from .metrics import (
     synchronize,
 )
 from .multirun import pause_all_on_signals, study_cli
-from .results import finished, rows_path, run_id, write_rows
 from .run import (
     Prepared,
     RunConfigError,
@@ -174,25 +174,17 @@ def compose_members(runs: list[tuple[str, list[str]]], overrides: list[str]) -> 
 
 
 def _open(m: Member) -> bool:
-    """The member's run id, folder and log, as ssmbench.cli.run_one derives them; False when its rows exist."""
+    """The member's run id, folder and log, as the solo command (ssmbench.cli.open_run) derives them; False when
+    its rows exist."""
     cfg, p = m.cfg, m.p
-    m.rid = run_id(p.identity)
-    m.rows_file = rows_path(cfg.results_root, cfg.study, m.rid)
-    m.folder = run_dir(cfg.results_root, cfg.study, m.rid)
-    m.label = f"{p.model_cfg.name} on {cfg.task.name}, seed {cfg.seed}"
-    m.desc = f"{p.model_cfg.name} {cfg.task.name} L={p.task.seq_len} seed={cfg.seed} [{m.rid}]"
+    # the log first: a skipped member says so in its own log, as the solo command would
     m.log_handler = _MemberLog(Path(cfg.results_root) / cfg.study / "logs" / f"{m.name}.log", m.name)
     logging.getLogger().addHandler(m.log_handler)
-    if cfg.resume and finished(m.rows_file, cfg.retry_failed):
-        _info(m, "skipping run %s (%s): rows exist at %s", m.rid, m.label, m.rows_file)
-        OUTCOMES.append(("skipped", m.label, str(m.rows_file)))
+    opened = open_run(cfg, p, info=lambda msg, *args: _info(m, msg, *args))
+    if opened is None:
         return False
-    if not cfg.resume:  # start over: a checkpoint left by an earlier call is not continued
-        (m.folder / CHECKPOINT).unlink(missing_ok=True)
-    write_run_info(m.folder, {"run_id": m.rid, "study": cfg.study, "model": p.model_cfg.name, "task": cfg.task.name,
-                              "seed": cfg.seed, "lr": p.trainer.lr, "batch_size": p.trainer.batch_size,
-                              "train_len": p.task.seq_len, "steps": p.trainer.steps,
-                              "config": OmegaConf.to_yaml(cfg, resolve=True)})
+    m.rid, m.rows_file, m.folder, m.label = opened
+    m.desc = f"{p.model_cfg.name} {cfg.task.name} L={p.task.seq_len} seed={cfg.seed} [{m.rid}]"
     m.tracker = make_tracker(cfg.logger, m.folder, OmegaConf.to_yaml(cfg, resolve=True), m.rid, f"{m.label} [{m.rid}]")
     return True
 
@@ -239,17 +231,7 @@ def _error_rows(m: Member, ens_ids: list[str], e: BaseException) -> list[dict[st
 def _write(m: Member, rows: list[dict[str, Any]]) -> None:
     """As ssmbench.cli.run_one stores a finished run's rows."""
     m.tracker.finish(rows)
-    write_rows(m.rows_file, rows)
-    if rows[0]["status"] in ("ok", "nan"):
-        (m.folder / CHECKPOINT).unlink(missing_ok=True)
-    write_progress(m.folder, {"run_id": m.rid, "status": rows[0]["status"], "step": rows[0].get("steps"),
-                              "rows": str(m.rows_file), "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
-    for r in rows:
-        _info(m, "%s %s L=%s: status=%s accuracy=%.4f params=%s train tok/s=%.0f", r["model"], r["task"],
-              r["eval_len"], r["status"], r["accuracy"], r.get("params"), r.get("train_tokens_per_s", float("nan")))
-    _info(m, "run %s (%s): rows written to %s", m.rid, m.label, m.rows_file)
-    status = rows[0]["status"]
-    OUTCOMES.append(("finished" if status == "ok" else status, m.label, str(m.rows_file)))
+    store_rows(rows, m.rid, m.rows_file, m.folder, m.label, info=lambda msg, *args: _info(m, msg, *args))
 
 
 def _finish_training(m: Member, device: torch.device, trained: bool = True) -> None:
