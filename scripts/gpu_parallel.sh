@@ -24,14 +24,18 @@ py=${PYTHON:-python3}  # the interpreter that has ssmbench installed
 # ENSEMBLE=1 trains the runs that differ only in their seed as one batched ensemble (ssmbench.ensemble_run: one
 # vmapped step for all of them, each keeping its own run folder, log and rows), one process per such group, the
 # groups spread over the GPUs; its output goes to <study>/ensemble_<group>.out.
+# Both train groups of runs, one process a group (the grouped driver): a group is a GPU's runs for THREADS, runs
+# equal but for the seed for ENSEMBLE; group g goes to GPU g mod GPUs.
 sharing="time-sliced"
-declare -A groups=()
-declare -A ens_names=() ens_slot=()
-ens_keys=()
+grouped_driver=""  # empty: one process per run
+declare -A group_names=() group_slot=()
+group_keys=()
 if [ "${ENSEMBLE:-0}" = 1 ]; then
   sharing="ensemble (one process per group of runs that differ only in seed)"
+  grouped_driver=ensemble_run
 elif [ "${THREADS:-0}" = 1 ]; then
   sharing="threads (one process per GPU, a thread per run)"
+  grouped_driver=multirun
 elif [ "${MPS:-0}" = 1 ]; then
   . "$here/mps.sh"
   if mps_start; then
@@ -68,11 +72,15 @@ while read -r name args; do
   mkdir -p "$root/$study/logs"
   [[ " ${studies[*]} " == *" $study "* ]] || studies+=("$study")
   slot=$i
-  if [ "${ENSEMBLE:-0}" = 1 ]; then  # the group: the run's arguments without its seed
-    key=$(sed -E 's/(^| )seed=[^ ]*//g; s/^ +//' <<<"$args")
-    if [ -z "${ens_slot[$key]+set}" ]; then ens_slot[$key]=${#ens_keys[@]}; ens_keys+=("$key"); fi
-    ens_names[$key]+="$name,"
-    slot=${ens_slot[$key]}
+  if [ -n "$grouped_driver" ]; then
+    if [ "${ENSEMBLE:-0}" = 1 ]; then  # the group: the run's arguments without its seed
+      key=$(sed -E 's/(^| )seed=[^ ]*//g; s/^ +//' <<<"$args")
+    else  # the GPU round-robin gives it (keys first seen in the order 0, 1, ...: group g is GPU g)
+      key=$((i % (gpus > 1 ? gpus : 1)))
+    fi
+    if [ -z "${group_slot[$key]+set}" ]; then group_slot[$key]=${#group_keys[@]}; group_keys+=("$key"); fi
+    group_names[$key]+="$name,"
+    slot=${group_slot[$key]}
   fi
   pin=()
   if [ "$gpus" -gt 1 ]; then
@@ -81,30 +89,20 @@ while read -r name args; do
   else  # every piece's log says how many GPUs its call spread runs over (scripts/pieces_throughput.py reads it)
     echo "# $(date -u +%FT%TZ) gpu 0 of 1 (CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-unset}), $sharing" >>"$root/$study/logs/$name.log"
   fi
-  k=$((gpus > 1 ? slot % gpus : 0))
   i=$((i + 1))
-  [ "${ENSEMBLE:-0}" = 1 ] && continue
-  if [ "${THREADS:-0}" = 1 ]; then
-    groups[$k]+="$name,"
-    continue
-  fi
+  [ -n "$grouped_driver" ] && continue
   # shellcheck disable=SC2086
   "${pin[@]}" "$py" -m ssmbench.cli $args results_root="$root" trainer.max_time_s="$budget" trainer.progress=false \
     "$@" >>"$root/$study/logs/$name.log" 2>&1 &
   pids+=($!)
 done < "$list"
-for k in "${!groups[@]}"; do
-  pin=()
-  [ "$gpus" -gt 1 ] && pin=(env CUDA_VISIBLE_DEVICES="$k")
-  "${pin[@]}" "$py" -m ssmbench.multirun "$list" --names "${groups[$k]}" results_root="$root" \
-    trainer.max_time_s="$budget" trainer.progress=false "$@" >>"$root/${studies[0]}/multirun_gpu$k.out" 2>&1 &
-  pids+=($!)
-done
-for g in "${!ens_keys[@]}"; do
+for g in "${!group_keys[@]}"; do
   pin=()
   [ "$gpus" -gt 1 ] && pin=(env CUDA_VISIBLE_DEVICES=$((g % gpus)))
-  "${pin[@]}" "$py" -m ssmbench.ensemble_run "$list" --names "${ens_names[${ens_keys[$g]}]}" results_root="$root" \
-    trainer.max_time_s="$budget" trainer.progress=false "$@" >>"$root/${studies[0]}/ensemble_$g.out" 2>&1 &
+  out=$([ "$grouped_driver" = multirun ] && echo "multirun_gpu$g" || echo "ensemble_$g")
+  "${pin[@]}" "$py" -m "ssmbench.$grouped_driver" "$list" --names "${group_names[${group_keys[$g]}]}" \
+    results_root="$root" trainer.max_time_s="$budget" trainer.progress=false "$@" \
+    >>"$root/${studies[0]}/$out.out" 2>&1 &
   pids+=($!)
 done
 snappers=()

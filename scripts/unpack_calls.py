@@ -168,10 +168,11 @@ def main(argv: list[str] | None = None) -> int:
                           for p in (t / "results").iterdir() if p.is_dir()})
         for study in studies:
             local_ids = run_ids(root, study)
-            all_ids = local_ids.union(*(run_ids(t, study) for _, t in trees))
+            ids_of = {n: run_ids(t, study) for n, t in trees}
+            all_ids = local_ids.union(*ids_of.values())
             for rid in sorted(all_ids):
                 local = read_copy(LOCAL, root, study, rid) if rid in local_ids else None
-                copies = [read_copy(n, t, study, rid) for n, t in trees if rid in run_ids(t, study)]
+                copies = [read_copy(n, t, study, rid) for n, t in trees if rid in ids_of[n]]
                 best = local
                 for c in copies:  # strictly further only: the local copy, then the earliest call, wins ties
                     if best is None or c.key > best.key:

@@ -36,24 +36,29 @@ class SharedExclusiveLock:
         return self._local.depth
 
     @contextmanager
-    def shared(self):
+    def _counted(self, kind: int):
+        """This thread's depth in sections of `kind` (0 shared, 1 exclusive) while the block runs."""
         depth = self._depth()
-        if depth[0] or depth[1]:  # nested inside this thread's own section: already has its turn
-            depth[0] += 1
-            try:
+        depth[kind] += 1
+        try:
+            yield
+        finally:
+            depth[kind] -= 1
+
+    @contextmanager
+    def shared(self):
+        if any(self._depth()):  # nested inside this thread's own section: already has its turn
+            with self._counted(0):
                 yield
-            finally:
-                depth[0] -= 1
             return
         with self._cond:
             while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
-        depth[0] += 1
         try:
-            yield
+            with self._counted(0):
+                yield
         finally:
-            depth[0] -= 1
             with self._cond:
                 self._readers -= 1
                 if self._readers == 0:
@@ -61,15 +66,12 @@ class SharedExclusiveLock:
 
     @contextmanager
     def exclusive(self):
-        depth = self._depth()
-        if depth[1]:  # re-entered by the thread that holds it
-            depth[1] += 1
-            try:
+        shared_depth, exclusive_depth = self._depth()
+        if exclusive_depth:  # re-entered by the thread that holds it
+            with self._counted(1):
                 yield
-            finally:
-                depth[1] -= 1
             return
-        if depth[0]:
+        if shared_depth:
             raise RuntimeError("gpu_turns: exclusive() asked for inside this thread's own shared() section; it "
                                "would wait for itself. End the shared section first.")
         with self._cond:
@@ -80,11 +82,10 @@ class SharedExclusiveLock:
             finally:
                 self._writers_waiting -= 1
             self._writer = True
-        depth[1] += 1
         try:
-            yield
+            with self._counted(1):
+                yield
         finally:
-            depth[1] -= 1
             with self._cond:
                 self._writer = False
                 self._cond.notify_all()

@@ -15,6 +15,14 @@ from .helpers import tiny_overrides
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _drive(study: Path, root: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    """scripts/gpu_parallel.sh on `study` for 120 s a run, into `root`; it must succeed."""
+    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_parallel.sh"), str(study), "120", root], cwd=cwd,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
 def test_parallel_runs_are_spread_over_gpus_and_the_study_comes_back(tmp_path):
     study = tmp_path / "study.txt"
     lines = ["# a comment line, skipped", ""]
@@ -25,10 +33,7 @@ def test_parallel_runs_are_spread_over_gpus_and_the_study_comes_back(tmp_path):
     out.mkdir()
     # MPS=1 on a machine without the MPS daemon: the runs go on, time-sliced, and their logs say so
     env = {**os.environ, "GPUS": "2", "PYTHON": sys.executable, "OUT": str(out), "OMP_NUM_THREADS": "1", "MPS": "1"}
-    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_parallel.sh"), str(study), "120",
-                          str(tmp_path / "results")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    _drive(study, str(tmp_path / "results"), tmp_path, env)
     logs = tmp_path / "results" / "par" / "logs"
     first = {p.stem: p.read_text().splitlines()[0] for p in logs.glob("*.log")}
     assert sorted(first) == ["a", "b", "c"]
@@ -50,10 +55,7 @@ def test_threads_mode_trains_each_gpus_runs_in_one_process(tmp_path):
                              for n, m in (("a", "mamba"), ("b", "s4"), ("c", "lstm"))))
     env = {**os.environ, "GPUS": "2", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "THREADS": "1"}
     env.pop("OUT", None)
-    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_parallel.sh"), str(study), "120",
-                          str(tmp_path / "results")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    _drive(study, str(tmp_path / "results"), tmp_path, env)
     folder = tmp_path / "results" / "thr"
     first = {p.stem: p.read_text().splitlines()[0] for p in (folder / "logs").glob("*.log")}
     assert [first[n].split(" gpu ")[1] for n in "abc"] == [
@@ -77,11 +79,7 @@ def test_a_call_on_a_warm_machine_resumes_from_its_own_newer_snapshots(tmp_path)
     def call() -> subprocess.CompletedProcess:
         out = tmp_path / "out"
         out.mkdir(exist_ok=True)
-        res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_parallel.sh"), str(study), "120", "results"],
-                             cwd=tmp_path, env={**env, "OUT": str(out)}, capture_output=True, text=True,
-                             timeout=600)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-        return res
+        return _drive(study, "results", tmp_path, {**env, "OUT": str(out)})
 
     call()  # the run trains to the end; its snapshot is mirrored
     rows = list((tmp_path / "results" / "warm" / "rows").glob("*.json"))
@@ -107,10 +105,7 @@ def test_ensemble_mode_trains_each_group_of_seeds_as_one_ensemble(tmp_path):
     env = {**os.environ, "GPUS": "2", "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "ENSEMBLE": "1",
            "NAMES": "a,b,c"}
     env.pop("OUT", None)
-    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_parallel.sh"), str(study), "120",
-                          str(tmp_path / "results")], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    _drive(study, str(tmp_path / "results"), tmp_path, env)
     folder = tmp_path / "results" / "ens"
     first = {p.stem: p.read_text().splitlines()[0] for p in (folder / "logs").glob("*.log")}
     assert sorted(first) == ["a", "b", "c"]
