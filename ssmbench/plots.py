@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter  # noqa: E402
 
 from .grouping import FEW_SCORED, variant_labels  # noqa: E402
 from .paper import INDUCTION_NAMES, paper_table11  # noqa: E402
@@ -116,6 +116,9 @@ def learning_curves(df: pd.DataFrame, out: Path) -> Path | None:
         acc_ax.set(xlabel="training step", ylabel="held-out accuracy (%)", ylim=(0, 102), title=f"{task}: accuracy")
         loss_ax.set(xlabel="training step", ylabel="held-out loss (cross-entropy, nats)", yscale="log",
                     title=f"{task}: loss")
+        # plain numbers (2.1, 2.2, ...) where the losses span less than a decade, instead of 2.1 x 10^0
+        for set_formatter in (loss_ax.yaxis.set_major_formatter, loss_ax.yaxis.set_minor_formatter):
+            set_formatter(LogFormatter(labelOnlyBase=False))
         # Each task's legend beside its own panels, outside them so it never covers a curve.
         loss_ax.legend(*acc_ax.get_legend_handles_labels(), loc="upper left", bbox_to_anchor=(1.02, 1),
                        frameon=False)
