@@ -48,36 +48,53 @@ def in_progress_table(runs: list[dict]) -> str:
 
 
 def in_progress_plot(runs: list[dict], out: Path) -> Path | None:
-    """Held-out accuracy against step for each unfinished run, titled as not final."""
+    """Held-out accuracy against step for each unfinished run, titled as not final: one panel per learning rate
+    where the runs use several (a study that runs the paper's lr and a deviation beside it), colour by model, line
+    style by seed; a line ends at the run's last check, so how far each run has come reads off the x axis."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     with_history = [r for r in runs if r.get("history")]
     if not with_history:
         return None
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    seen: dict[str, int] = {}  # runs of one model share its colour; their line styles tell them apart
-    for r in sorted(with_history, key=lambda r: (str(r.get("model")), r.get("seed", 0))):
-        h = pd.DataFrame(r["history"])
-        model = str(r.get("model"))
-        k = seen[model] = seen.get(model, -1) + 1
-        label = (f"{r.get('model', r['run_id'])} (seed {r.get('seed', '?')}, lr {r.get('lr', '?')}, "
-                 f"step {r['step']}/{r.get('steps', '?')})")
-        ax.plot(h["step"], 100 * h["accuracy"], color=model_colour(model), ls=LINE_STYLES[k % len(LINE_STYLES)],
-                label=label, lw=1.6, marker="o", ms=3)  # markers: a run with one check so far still shows
-    tasks = {r.get("task") for r in with_history}
-    if len(tasks) == 1 and "config" in with_history[0]:
-        import yaml  # noqa: F401  (omegaconf brings PyYAML)
-        from omegaconf import OmegaConf
-        task_cfg = OmegaConf.create(with_history[0]["config"]).task
-        chance = chance_accuracy(str(task_cfg.name), int(task_cfg.vocab_size))
-        ax.axhline(100 * chance, color="grey", ls="--", lw=1, label=f"chance ({100 * chance:.1f}%)")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("held-out accuracy at the training length (%)")
-    ax.set_ylim(-2, 102)
-    ax.set_title("Runs in progress (paused, continuing): not final results", fontsize=10)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    lrs = sorted({r.get("lr") for r in with_history}, key=lambda v: (v is None, v if v is not None else 0))
+    seeds = sorted({r.get("seed", 0) for r in with_history}, key=str)
+    fig, axes = plt.subplots(1, len(lrs), figsize=(4.6 * len(lrs) + 2.2, 4.2), sharey=True, squeeze=False)
+    chance = _chance(with_history)
+    for ax, lr in zip(axes[0], lrs):
+        mine = [r for r in with_history if r.get("lr") == lr]
+        for r in sorted(mine, key=lambda r: (str(r.get("model")), str(r.get("seed", 0)))):
+            h = pd.DataFrame(r["history"])
+            style = LINE_STYLES[seeds.index(r.get("seed", 0)) % len(LINE_STYLES)]
+            ax.plot(h["step"], 100 * h["accuracy"], color=model_colour(str(r.get("model"))), ls=style, lw=1.6,
+                    marker="o", ms=3)  # markers: a run with one check so far still shows
+        if chance is not None:
+            ax.axhline(100 * chance, color="grey", ls="--", lw=1)
+        ax.set_xlabel("training step")
+        ax.set_title(f"lr {lr:g} ({len(mine)} runs)" if isinstance(lr, (int, float)) else f"lr {lr}", fontsize=10)
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out accuracy at the training length (%)")
+    models = sorted({str(r.get("model")) for r in with_history})
+    handles = [Line2D([], [], color=model_colour(m), lw=2, label=m) for m in models]
+    if len(seeds) > 1:
+        handles += [Line2D([], [], color="black", ls=LINE_STYLES[i % len(LINE_STYLES)], label=f"seed {s}")
+                    for i, s in enumerate(seeds)]
+    if chance is not None:
+        handles.append(Line2D([], [], color="grey", ls="--", lw=1, label=f"chance ({100 * chance:.1f}%)"))
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.suptitle("Runs in progress (paused, continuing): not final results", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out)
+
+
+def _chance(runs: list[dict]) -> float | None:
+    """The task's chance accuracy when every run is on one task whose config is recorded."""
+    if len({r.get("task") for r in runs}) != 1 or "config" not in runs[0]:
+        return None
+    from omegaconf import OmegaConf
+    task_cfg = OmegaConf.create(runs[0]["config"]).task
+    return chance_accuracy(str(task_cfg.name), int(task_cfg.vocab_size))
 
 
 def write_in_progress(folder: str | Path) -> str:
