@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -23,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from .callbacks import OUTCOMES
 from .checkpoint import CHECKPOINT, run_dir, write_progress, write_run_info
 from .config import register_configs
+from .gpu_slots import gpu_slot, jobs_per_gpu
 from .results import finished, rows_path, run_id, write_rows
 from .run import RunConfigError, execute, prepare
 from .tracking import make_tracker
@@ -49,20 +52,30 @@ def _in_sweep() -> bool:
         return False
 
 
-def pinned_gpu(device: str) -> int | None:
-    """The GPU a job of a multirun sweep is pinned to: with `device=auto` on a host where CUDA sees several GPUs,
-    Hydra job number k runs on cuda:(k mod GPUs), so the jobs that a launcher runs side by side
-    (hydra/launcher=local_gpus) spread over the host's GPUs. None when nothing is pinned (one GPU or none, an
-    explicit device, a single run, or a scheduler that already gave the job one GPU)."""
-    if device != "auto" or not _in_sweep():
-        return None
-    n = _visible_gpus()
-    return HydraConfig.get().job.num % n if n > 1 else None
+@contextmanager
+def pinned_gpu(device: str, slot_dir: Path) -> Iterator[int | None]:
+    """The GPU a job of a multirun sweep is pinned to, for the `with` block: with `device=auto` on a host where CUDA
+    sees several GPUs, a GPU with a free slot (ssmbench/gpu_slots.py: the jobs a launcher runs side by side,
+    hydra/launcher=local_gpus, spread over the host's GPUs whichever worker takes them). None when nothing is
+    pinned (one GPU or none, an explicit device, a single run, or a scheduler that already gave the job one GPU).
+    The slots live in `slot_dir`, the study's (not the sweep's folder: its name holds the time, which a worker
+    process may resolve differently), so two sweeps of one study on one host share the GPUs too."""
+    n = _visible_gpus() if device == "auto" and _in_sweep() else 0
+    if n <= 1:
+        yield None
+        return
+    with gpu_slot(slot_dir, n, jobs_per_gpu(), start=HydraConfig.get().job.num % n) as gpu:
+        yield gpu
 
 
 def run_one(cfg: DictConfig) -> list[dict] | None:
     """Run one config, honouring resume; returns its rows (None when skipped)."""
-    gpu = pinned_gpu(cfg.device)
+    # In the study's hydra/ folder, which git ignores.
+    with pinned_gpu(cfg.device, Path(cfg.results_root) / cfg.study / "hydra" / ".gpu_slots") as gpu:
+        return _run_one(cfg, gpu)
+
+
+def _run_one(cfg: DictConfig, gpu: int | None) -> list[dict] | None:
     try:
         p = prepare(cfg)
     except RunConfigError as e:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -90,12 +91,58 @@ def _as_sweep_job(monkeypatch, num: int, gpus: int):
                         SimpleNamespace(get=lambda: SimpleNamespace(job=SimpleNamespace(num=num))))
 
 
-def test_jobs_are_pinned_round_robin_only_when_auto_in_a_sweep_on_several_gpus(monkeypatch):
-    assert cli_module.pinned_gpu("auto") is None  # not a sweep job
+def _pinned(device: str, slot_dir: Path):
+    with cli_module.pinned_gpu(device, slot_dir) as gpu:
+        return gpu
+
+
+def test_jobs_are_pinned_only_when_auto_in_a_sweep_on_several_gpus(monkeypatch, tmp_path):
+    assert _pinned("auto", tmp_path) is None  # not a sweep job
     for num, gpus, device, expected in [(0, 4, "auto", 0), (5, 4, "auto", 1), (7, 2, "auto", 1), (3, 1, "auto", None),
                                         (3, 0, "auto", None), (5, 4, "cuda:0", None), (5, 4, "cpu", None)]:
-        _as_sweep_job(monkeypatch, num, gpus)
-        assert cli_module.pinned_gpu(device) == expected, (num, gpus, device)
+        _as_sweep_job(monkeypatch, num, gpus)  # every slot free: the job number's GPU
+        assert _pinned(device, tmp_path) == expected, (num, gpus, device)
+
+
+def test_a_job_takes_a_free_gpu_not_its_job_numbers(monkeypatch, tmp_path):
+    """The joblib launcher gives job 2 to whichever worker finished first; with GPU 0 still busy with job 0, job 2
+    must go to GPU 1 (pinning by job number put both on GPU 0 and left GPU 1 idle: results/scaleout)."""
+    _as_sweep_job(monkeypatch, 0, 2)
+    with cli_module.pinned_gpu("auto", tmp_path) as first:
+        _as_sweep_job(monkeypatch, 2, 2)
+        assert first == 0 and _pinned("auto", tmp_path) == 1
+        with cli_module.pinned_gpu("auto", tmp_path) as second:
+            assert second == 1
+            _as_sweep_job(monkeypatch, 4, 2)
+            assert _pinned("auto", tmp_path) == 0  # more jobs than slots: shares by job number
+    assert _pinned("auto", tmp_path) == 0  # both slots released when their jobs ended
+
+
+def test_slots_fill_breadth_first_with_several_jobs_per_gpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("SSMBENCH_JOBS_PER_GPU", "2")
+    held = []
+    for num in range(4):
+        _as_sweep_job(monkeypatch, 0, 2)  # every job says 0: only the slots spread them
+        cm = cli_module.pinned_gpu("auto", tmp_path)
+        held.append((cm, cm.__enter__()))
+    assert [g for _, g in held] == [0, 1, 0, 1]
+    for cm, _ in held:
+        cm.__exit__(None, None, None)
+    monkeypatch.setenv("SSMBENCH_JOBS_PER_GPU", "two")
+    with pytest.raises(ValueError, match="SSMBENCH_JOBS_PER_GPU='two'"):
+        _pinned("auto", tmp_path)
+
+
+def test_a_slot_held_by_a_dead_process_is_free(monkeypatch, tmp_path):
+    """flock belongs to the process: a job killed while training leaves no stale lock behind."""
+    slot_dir = tmp_path
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[2]);"
+            "from ssmbench.gpu_slots import take_slot; print(take_slot(Path(sys.argv[1]), 2, 1)[0])")
+    root = str(Path(cli_module.__file__).resolve().parents[1])
+    assert subprocess.run([sys.executable, "-c", code, str(slot_dir), root], capture_output=True, text=True,
+                          check=True).stdout.strip() == "0"
+    _as_sweep_job(monkeypatch, 0, 2)
+    assert _pinned("auto", tmp_path) == 0  # the child held GPU 0's slot and exited without releasing it
 
 
 def test_a_pinned_job_keeps_its_run_id_and_records_its_gpu(tmp_path, monkeypatch):
