@@ -171,10 +171,12 @@ class EnsembleStep:
                                  f"member 0 in {', '.join(diff)} (a different vocabulary or model config?)")
 
     def _check_vmappable(self, task) -> None:
-        """A forward and backward of every member on one short sequence, under vmap, before any training: a layer
-        that vmap cannot batch fails here, named, rather than at the first step."""
-        L = max(1, min(8, getattr(task, "seq_len", 8)))
-        inputs = torch.zeros(self.k, 1, L, dtype=torch.long, device=self.device)
+        """Before any training, one forward and backward of every member under vmap, on one sequence of the task:
+        a layer that vmap cannot batch fails here, named, rather than at the first step; and member 0's logits and
+        gradients must match the same member run alone (finite, and equal within the precision's rounding), so a
+        batching rule that runs but computes something else (a fused attention kernel on one device, say) is
+        refused here instead of showing up as a run that diverges."""
+        inputs = self._probe_inputs(task)
         stack: list[str] = []
         handles = _module_stack_hooks(self.base, stack)
         try:
@@ -187,12 +189,41 @@ class EnsembleStep:
         finally:
             for h in handles:
                 h.remove()
-        leaves = [p for p in self.params.values() if p.requires_grad]
+        names = [n for n, p in self.params.items() if p.requires_grad]
         try:
-            torch.autograd.grad(logits.float().sum(), leaves, allow_unused=True)
+            grads = torch.autograd.grad(logits[0].float().sum(), [self.params[n] for n in names], allow_unused=True)
         except Exception as e:
             raise ValueError(f"model {self.family!r} cannot be trained as a batched ensemble: its backward fails "
                              f"under torch.func.vmap: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        own = {n: p[0].detach().requires_grad_(p.requires_grad) for n, p in self.params.items()}
+        with self._autocast():
+            alone = self._member_logits(own, {n: b[0] for n, b in self.buffers.items()}, inputs[0])
+        alone_grads = torch.autograd.grad(alone.float().sum(), [own[n] for n in names], allow_unused=True)
+        checks = [("logits", logits[0].detach(), alone.detach())]
+        checks += [(f"the gradient of {n}", g[0], a) for n, g, a in zip(names, grads, alone_grads)
+                   if g is not None and a is not None]
+        rtol = 5e-2 if self.dtype is not None else 1e-3  # bf16 rounds to ~3 significant digits
+        for what, batched, solo in checks:
+            batched, solo = batched.float(), solo.float()
+            finite = bool(torch.isfinite(batched).all())
+            err = float((batched - solo).norm()) if finite else float("nan")
+            scale = float(solo.norm())
+            if not finite or err > rtol * scale + 1e-6:
+                raise ValueError(
+                    f"model {self.family!r} cannot be trained as a batched ensemble on {self.device.type}: under "
+                    f"torch.func.vmap member 0's {what} " + ("is not finite" if not finite else
+                    f"differs from the member run alone by {err / max(scale, 1e-30):.2g} (relative norm; "
+                    f"allowed {rtol:g})") + "; train these runs as separate processes instead")
+
+    def _probe_inputs(self, task) -> torch.Tensor:
+        """[k, 1, L] copies of one sequence of the task (the training length: some kernels choose their path by
+        length), from a fixed generator so that the check is the same every time."""
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        try:
+            one = task.sample(1, None, gen).inputs
+        except Exception:  # a task whose sampler wants its own device's generator: a short run of token 0
+            one = torch.zeros(1, max(1, min(8, getattr(task, "seq_len", 8))), dtype=torch.long)
+        return one.to(self.device).expand(self.k, *one.shape).contiguous()
 
     # ---- the step ----------------------------------------------------------------------------------------------
     def _member_logits(self, params, buffers, inputs):

@@ -89,7 +89,10 @@ def bench_ensemble(overrides: list[str], k: int, steps: int, warmup: int, repeat
             "tokens_per_s": k * bs * p.task.seq_len / (ms / 1e3), "step_mode": "eager", "step_mode_reason": "",
             "batch_size": bs, "seq_len": p.task.seq_len, "params": sum(t[0].numel() for t in step.params.values()),
             "peak_mem_bytes": peak_memory_bytes(p.device), "precision": p.precision,
-            "finite_loss": all(r["last_loss"] == r["last_loss"] for r in rows), "ms_per_step_blocks": blocks_ms}
+            "finite_loss": all(r["last_loss"] == r["last_loss"] for r in rows), "ms_per_step_blocks": blocks_ms,
+            # the earliest step at which any member's loss was not finite (-1: none), to tell a blow-up late in the
+            # timed blocks from a step that is wrong from the start
+            "first_bad_step": min((r["first_bad_step"] for r in rows if r["first_bad_step"] >= 0), default=-1)}
 
 
 def sharing_of(tag: str) -> tuple[int, str]:

@@ -28,6 +28,8 @@ IN_PROGRESS = {
     ("induction.txt", "transformer_lr1e3"): "7143751a5677f730",
     ("induction.txt", "transformer_abs_s1"): "a828f5a66f3b7508",
     ("induction.txt", "transformer_s1"): "ca5e8fbc7146b9fa",
+    ("induction.txt", "transformer_abs_b64"): "7ecfd23a9aaf19f1",
+    ("induction.txt", "transformer_b64"): "f12768e62b1453c9",
     ("table1.txt", "s4"): "2425c9f14a2a559b",
     ("table1.txt", "s6_nogate"): "d97b6caad1fec431",
     ("table1.txt", "h3"): "fe46f9ecf6fe3341",
