@@ -15,7 +15,8 @@
 # transformer into OUT/train_profile), kernel_tests (the GPU tests of the scan: every length to 70, half
 # precision against float64, threaded graph captures, and the vmap rules and a Mamba ensemble on the Triton
 # kernels against its members alone) and ensemble (ssmbench-trainbench --ensemble 8: 8 seeds as one batched step
-# beside one run's eager and graphed steps, induction and Table 1, into OUT/ensemble).
+# beside one run's eager and graphed steps, induction and Table 1, into OUT/ensemble); conv_bwd and rmsnorm (the
+# conv1d backward's two paths, scripts/bench_conv1d_bwd.py; the Triton RMSNorm against PyTorch's, scripts/bench_rmsnorm.py).
 # Each stage has its own time limit (and the apps their own budget_s inside it), so one that overruns cannot
 # starve the next; rows are written as they are measured, so a stage stopped early keeps what it measured.
 # Logs: OUT/logs/<stage>.log. Uses $PYTHON (default: python). Needs torch with CUDA, triton, hydra-core,
@@ -95,6 +96,8 @@ stage generators 55 $PY -m ssmbench.perf.cli taskbench taskbench="${PRESET:-full
 stage sharing 520 env PYTHON="$PY" bash scripts/gpu_sharing_modes.sh scripts/studies/sharing_induction.txt 45 \
   "$OUT/sharing"
 stage copies 150 $PY scripts/scan_sweeps.py --sections copies --results-root "$OUT"
+stage conv_bwd 90 $PY scripts/bench_conv1d_bwd.py --out "$OUT/conv_bwd/rows.csv"
+if [ -f scripts/bench_rmsnorm.py ]; then stage rmsnorm 90 $PY scripts/bench_rmsnorm.py --out "$OUT/rmsnorm/rows.csv"; fi
 stage train_profile 240 bash -c "for m in mamba s6_nogate h3 transformer; do
   $PY scripts/profile_train_step.py --experiment table1 --model \$m --out '$OUT/train_profile' || echo \"\$m failed\"; done"
 # The quick ones first (vmap rules, the bf16 ensembles against their members, graphs in threads), the long sweep of

@@ -3,6 +3,7 @@ Any strides (e.g. a [batch, L, dim] activation viewed as [batch, dim, L]); arith
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -11,6 +12,17 @@ from ..common import triton_util as tu
 
 _KERNELS = Path(__file__).with_name("triton_conv1d_kernels.py")
 BLOCK_D, BLOCK_L = 16, 256
+# The backward's kernels: "fused" (conv_bwd_kernel, measured on the H200) or "two_pass" (conv_bwd_grad_kernel then
+# conv_bwd_dx_kernel: less recomputation, one fp32 buffer of g more; not yet measured on a GPU). Both give the same
+# numbers (tests/kernels/test_causal_conv1d.py); scripts/bench_conv1d_bwd.py times them.
+BWD_MODES = ("fused", "two_pass")
+
+
+def bwd_mode() -> str:
+    mode = os.environ.get("SSMBENCH_CONV_BWD", "fused")
+    if mode not in BWD_MODES:
+        raise ValueError(f"SSMBENCH_CONV_BWD={mode!r} is not one of {BWD_MODES}")
+    return mode
 
 
 def _silu_flag(activation):
@@ -63,10 +75,19 @@ class CausalConv1dTriton(torch.autograd.Function):
         dw = tu.alloc((batch * nl, dim, W), torch.float32, x.device)
         db = tu.alloc((batch * nl, dim), torch.float32, x.device) if bias is not None else dw
         K = tu.load_kernels(_KERNELS)
-        K.conv_bwd_kernel[(batch * nd, nl)](
-            x, weight, bias if bias is not None else weight, dy, dx, dw, db, dim, L, nd, *x.stride(),
-            *weight.stride(), *dy.stride(), *dx.stride(), HAS_BIAS=bias is not None, SILU=ctx.silu, W=W,
-            BLOCK_D=bd, BLOCK_L=bl, num_warps=4)
+        if bwd_mode() == "two_pass":
+            g = tu.alloc((batch, dim, L), torch.float32, x.device)
+            K.conv_bwd_grad_kernel[(batch * nd, nl)](
+                x, weight, bias if bias is not None else weight, dy, g, dw, db, dim, L, nd, *x.stride(),
+                *weight.stride(), *dy.stride(), HAS_BIAS=bias is not None, SILU=ctx.silu, W=W,
+                BLOCK_D=bd, BLOCK_L=bl, num_warps=4)
+            K.conv_bwd_dx_kernel[(batch * nd, nl)](
+                weight, g, dx, dim, L, nd, *weight.stride(), *dx.stride(), W=W, BLOCK_D=bd, BLOCK_L=bl, num_warps=4)
+        else:
+            K.conv_bwd_kernel[(batch * nd, nl)](
+                x, weight, bias if bias is not None else weight, dy, dx, dw, db, dim, L, nd, *x.stride(),
+                *weight.stride(), *dy.stride(), *dx.stride(), HAS_BIAS=bias is not None, SILU=ctx.silu, W=W,
+                BLOCK_D=bd, BLOCK_L=bl, num_warps=4)
         dbias = db.sum(0).to(bias.dtype) if bias is not None else None
         return dx, dw.sum(0).to(weight.dtype), dbias, None
 

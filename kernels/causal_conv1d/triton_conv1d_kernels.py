@@ -105,3 +105,59 @@ def conv_update_kernel(x_ptr, state_ptr, w_ptr, bias_ptr, y_ptr, dim,
     if SILU:
         y = y * tl.sigmoid(y)
     tl.store(y_ptr + b64 * s_yb + offs_d * s_yd, y, mask=md)
+
+
+# The backward in two passes (conv_bwd_grad_kernel, then conv_bwd_dx_kernel), an alternative to conv_bwd_kernel
+# above: that one recomputes the pre-activation and its SiLU derivative at each of the W shifts of its tile (W x W
+# loads of x and W sigmoids per element; 0.49 ms per call at the Table 1 shape on the H200, about 10x its memory
+# floor). Here each element's g = dy * act'(pre) is computed once and written (fp32), then dx reads W shifts of g.
+# Same fp32 arithmetic in the same order, and the same tiles for the dw / dbias partial sums.
+@triton.jit
+def conv_bwd_grad_kernel(x_ptr, w_ptr, bias_ptr, dy_ptr, g_ptr, dw_ptr, dbias_ptr, dim, L, n_dblocks,
+                         s_xb, s_xd, s_xl, s_wd, s_wk, s_gb, s_gd, s_gl,
+                         HAS_BIAS: tl.constexpr, SILU: tl.constexpr, W: tl.constexpr,
+                         BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    # g (contiguous [batch, dim, L], fp32); dw, dbias partials per (batch, L block) as in conv_bwd_kernel.
+    pid = tl.program_id(0)
+    lblk = tl.program_id(1)
+    b64 = (pid // n_dblocks).to(tl.int64)
+    offs_d = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    t = lblk * BLOCK_L + tl.arange(0, BLOCK_L)
+    md = offs_d < dim
+    mt = md[:, None] & (t < L)[None, :]
+    prow = (b64 * tl.num_programs(1) + lblk) * dim + offs_d
+    g = tl.load(dy_ptr + b64 * s_gb + offs_d[:, None] * s_gd + t[None, :] * s_gl, mask=mt, other=0.0)
+    g = g.to(tl.float32)
+    if SILU:
+        pre = _preact(x_ptr, w_ptr, bias_ptr, b64, offs_d, t, md, L, s_xb, s_xd, s_xl, s_wd, s_wk,
+                      HAS_BIAS, W, BLOCK_D, BLOCK_L)
+        sg = tl.sigmoid(pre)
+        g = g * sg * (1.0 + pre * (1.0 - sg))
+    tl.store(g_ptr + (b64 * dim + offs_d[:, None]) * L + t[None, :], g, mask=mt)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + prow, tl.sum(g, axis=1), mask=md)
+    for k in tl.static_range(W):
+        tk = t - (W - 1) + k
+        xk = tl.load(x_ptr + b64 * s_xb + offs_d[:, None] * s_xd + tk[None, :] * s_xl,
+                     mask=md[:, None] & ((tk >= 0) & (tk < L))[None, :], other=0.0).to(tl.float32)
+        tl.store(dw_ptr + prow * W + k, tl.sum(g * xk, axis=1), mask=md)
+
+
+@triton.jit
+def conv_bwd_dx_kernel(w_ptr, g_ptr, dx_ptr, dim, L, n_dblocks, s_wd, s_wk, s_dxb, s_dxd, s_dxl,
+                       W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    # dx_t = sum_j w[W-1-j] g_{t+j}, j ascending as in conv_bwd_kernel
+    pid = tl.program_id(0)
+    b64 = (pid // n_dblocks).to(tl.int64)
+    offs_d = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+    t = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    md = offs_d < dim
+    dx = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+    for j in tl.static_range(W):
+        tj = t + j
+        g = tl.load(g_ptr + (b64 * dim + offs_d[:, None]) * L + tj[None, :], mask=md[:, None] & (tj < L)[None, :],
+                    other=0.0)
+        wj = tl.load(w_ptr + offs_d * s_wd + (W - 1 - j) * s_wk, mask=md, other=0.0).to(tl.float32)
+        dx += wj[:, None] * g
+    tl.store(dx_ptr + b64 * s_dxb + offs_d[:, None] * s_dxd + t[None, :] * s_dxl, dx,
+             mask=md[:, None] & (t < L)[None, :])

@@ -11,6 +11,13 @@ from ssmbench.kernels.causal_conv1d import BackendUnavailable, causal_conv1d_fn,
 from .triton_testing import CUDA, DEV, gpu, rel_err, triton_mode  # noqa: F401  (triton_mode: autouse)
 
 
+@pytest.fixture(autouse=True, params=["fused", "two_pass"])
+def bwd_mode(request, monkeypatch):
+    """Every test under both backward paths of the Triton conv (kernels/causal_conv1d/triton_conv1d.py)."""
+    monkeypatch.setenv("SSMBENCH_CONV_BWD", request.param)
+    return request.param
+
+
 def check_conv(batch, dim, L, W, activation, bias=True, dtype=torch.float32, tol=1e-5, channel_last=False, seed=0):
     g = torch.Generator().manual_seed(seed)
     if channel_last:  # [batch, L, dim] memory viewed as [batch, dim, L], as Mamba's in_proj produces it
@@ -94,6 +101,32 @@ def test_backend_errors(monkeypatch):
             causal_conv1d_fn(x, w, backend="triton")
         with pytest.raises(BackendUnavailable, match="CUDA"):
             causal_conv1d_update(x[:, :, 0], torch.zeros(1, 2, 4), w, backend="triton")
+
+
+@pytest.mark.parametrize("bias, activation", [(True, "silu"), (False, None)])
+def test_both_backward_paths_give_the_same_numbers(monkeypatch, bwd_mode, bias, activation):
+    # The two-pass backward does the fused one's fp32 arithmetic in the same order on the same tiles: not just
+    # close, equal in the interpreter (so switching between them does not change a run).
+    if bwd_mode != "fused":
+        pytest.skip("one comparison of the two is enough")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 20, 300, generator=g).to(DEV)
+    w, b = (torch.randn(20, 4, generator=g) / 4).to(DEV), torch.randn(20, generator=g).to(DEV) if bias else None
+    gy = torch.randn(2, 20, 300, generator=g).to(DEV)
+    grads = {}
+    for mode in ("fused", "two_pass"):
+        monkeypatch.setenv("SSMBENCH_CONV_BWD", mode)
+        leaves = [t.clone().requires_grad_() for t in (x, w, b) if t is not None]
+        y = causal_conv1d_fn(*leaves, *([None] if b is None else []), activation=activation, backend="triton")
+        grads[mode] = torch.autograd.grad((y * gy).sum(), leaves)
+    for a, c in zip(grads["fused"], grads["two_pass"]):
+        # the interpreter runs the same numpy arithmetic: equal; a GPU compiler may contract multiply-adds
+        # differently in two different kernels: within fp32 rounding
+        assert torch.equal(a, c) if not CUDA else rel_err(c, a) <= 1e-6
+    monkeypatch.setenv("SSMBENCH_CONV_BWD", "three_pass")
+    with pytest.raises(ValueError, match="SSMBENCH_CONV_BWD='three_pass' is not one of"):
+        y = causal_conv1d_fn(x.clone().requires_grad_(), w, b, activation=activation, backend="triton")
+        y.sum().backward()
 
 
 @pytest.mark.gpu
