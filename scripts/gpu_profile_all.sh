@@ -16,7 +16,8 @@
 # precision against float64, threaded graph captures, and the vmap rules and a Mamba ensemble on the Triton
 # kernels against its members alone) and ensemble (ssmbench-trainbench --ensemble 8: 8 seeds as one batched step
 # beside one run's eager and graphed steps, induction and Table 1, into OUT/ensemble); conv_bwd and rmsnorm (the
-# conv1d backward's two paths, scripts/bench_conv1d_bwd.py; the Triton RMSNorm against PyTorch's, scripts/bench_rmsnorm.py).
+# conv1d backward's two paths, scripts/bench_conv1d_bwd.py; the Triton RMSNorm against PyTorch's,
+# scripts/bench_rmsnorm.py) and step_options (the two conv paths in the graphed Table 1 and induction steps).
 # Each stage has its own time limit (and the apps their own budget_s inside it), so one that overruns cannot
 # starve the next; rows are written as they are measured, so a stage stopped early keeps what it measured.
 # Logs: OUT/logs/<stage>.log. Uses $PYTHON (default: python). Needs torch with CUDA, triton, hydra-core,
@@ -97,7 +98,10 @@ stage sharing 520 env PYTHON="$PY" bash scripts/gpu_sharing_modes.sh scripts/stu
   "$OUT/sharing"
 stage copies 150 $PY scripts/scan_sweeps.py --sections copies --results-root "$OUT"
 stage conv_bwd 90 $PY scripts/bench_conv1d_bwd.py --out "$OUT/conv_bwd/rows.csv"
-if [ -f scripts/bench_rmsnorm.py ]; then stage rmsnorm 90 $PY scripts/bench_rmsnorm.py --out "$OUT/rmsnorm/rows.csv"; fi
+stage rmsnorm 90 $PY scripts/bench_rmsnorm.py --out "$OUT/rmsnorm/rows.csv"
+# the conv backward's two paths inside the real graphed step (rows tagged conv-<path>)
+stage step_options 200 bash -c "for m in fused two_pass; do SSMBENCH_CONV_BWD=\$m $PY -m ssmbench.perf.training \
+  --experiments table1 induction --models mamba --modes graphs --tag conv-\$m --out '$OUT/step_options/rows'; done"
 stage train_profile 240 bash -c "for m in mamba s6_nogate h3 transformer; do
   $PY scripts/profile_train_step.py --experiment table1 --model \$m --out '$OUT/train_profile' || echo \"\$m failed\"; done"
 # The quick ones first (vmap rules, the bf16 ensembles against their members, graphs in threads), the long sweep of
