@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmbench.kernels.causal_conv1d import causal_conv1d_fn, causal_conv1d_update
+from ssmbench.kernels.common.options import option
 
 from .layer_registry import build_layer
 from .layers.base import ALL_ROWS, SequenceLayer, device_dtype
@@ -28,9 +29,22 @@ from .layers.shift import ShiftSSM
 NORMS = ("rmsnorm", "layernorm")
 
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm (same parameters, same state_dict), computed by the Triton kernel (kernels/rmsnorm/) on CUDA when
+    SSMBENCH_RMSNORM=triton (kernels/common/options.py): PyTorch's kernel is built for wide rows and took 0.2 ms a
+    call on Table 1's 64-wide ones (results/training/README.md). Not under torch.func.vmap (the batched ensemble):
+    the Triton Function has no vmap rule, so there it is PyTorch's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and option("SSMBENCH_RMSNORM") == "triton" and not torch._C._functorch.is_batchedtensor(x):
+            from ssmbench.kernels.rmsnorm import rms_norm
+            return rms_norm(x, self.weight, self.eps, backend="triton")
+        return super().forward(x)
+
+
 def make_norm(kind: str, d: int) -> nn.Module:
     if kind == "rmsnorm":
-        return nn.RMSNorm(d, eps=1e-5)
+        return RMSNorm(d, eps=1e-5)
     if kind == "layernorm":
         return nn.LayerNorm(d)
     raise ValueError(f"model.norm={kind!r} is not one of {NORMS}")

@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from ssmbench.kernels.common.options import option
 
 from .blocks import make_norm
 from .layers.base import KVCache, ssm_parameter_names
@@ -175,7 +178,7 @@ class LanguageModel(nn.Module):
 
     def _embed(self, inputs: torch.Tensor, start: int = 0) -> torch.Tensor:
         """inputs Long[B, T] at positions start, ..., start + T - 1 -> [B, T, d_model]."""
-        x = self.embed(inputs)
+        x = self._lookup(inputs)
         if self.cfg.pos_emb != "none":  # (no position tensor otherwise: a decode step launches no kernel for it)
             positions = torch.arange(start, start + inputs.shape[1], device=inputs.device)
             if self.cfg.pos_emb == "sinusoidal":
@@ -183,6 +186,19 @@ class LanguageModel(nn.Module):
             else:
                 x = x + self.pos(positions)
         return x
+
+    def _lookup(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The token embedding. With SSMBENCH_EMBED=onehot (kernels/common/options.py) and a vocabulary of at most
+        256, a one-hot GEMM: the same rows exactly (each output sums one 1.0 * w and zeros, in fp32 without
+        autocast), and its backward is one GEMM where nn.Embedding's sorts all B * T indices (0.45 ms a step at
+        Table 1's shape, results/training/README.md). Full fp32 GEMMs only: with TF32 allowed the rows would round,
+        so then it stays nn.Embedding."""
+        w = self.embed.weight
+        if (option("SSMBENCH_EMBED") == "onehot" and w.shape[0] <= 256 and w.dtype == torch.float32
+                and torch.get_float32_matmul_precision() == "highest"):
+            with torch.autocast(inputs.device.type, enabled=False):
+                return F.one_hot(inputs, w.shape[0]).to(w.dtype) @ w
+        return self.embed(inputs)
 
     def _check_length(self, length: int) -> None:
         # Checked on the host from the shape (reading positions.max() would make the host wait for the GPU,

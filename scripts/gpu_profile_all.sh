@@ -17,7 +17,7 @@
 # kernels against its members alone) and ensemble (ssmbench-trainbench --ensemble 8: 8 seeds as one batched step
 # beside one run's eager and graphed steps, induction and Table 1, into OUT/ensemble); conv_bwd and rmsnorm (the
 # conv1d backward's two paths, scripts/bench_conv1d_bwd.py; the Triton RMSNorm against PyTorch's,
-# scripts/bench_rmsnorm.py) and step_options (the two conv paths in the graphed Table 1 and induction steps).
+# scripts/bench_rmsnorm.py) and step_options (those and the one-hot embedding inside the graphed steps).
 # Each stage has its own time limit (and the apps their own budget_s inside it), so one that overruns cannot
 # starve the next; rows are written as they are measured, so a stage stopped early keeps what it measured.
 # Logs: OUT/logs/<stage>.log. Uses $PYTHON (default: python). Needs torch with CUDA, triton, hydra-core,
@@ -99,9 +99,12 @@ stage sharing 520 env PYTHON="$PY" bash scripts/gpu_sharing_modes.sh scripts/stu
 stage copies 150 $PY scripts/scan_sweeps.py --sections copies --results-root "$OUT"
 stage conv_bwd 90 $PY scripts/bench_conv1d_bwd.py --out "$OUT/conv_bwd/rows.csv"
 stage rmsnorm 90 $PY scripts/bench_rmsnorm.py --out "$OUT/rmsnorm/rows.csv"
-# the conv backward's two paths inside the real graphed step (rows tagged conv-<path>)
-stage step_options 200 bash -c "for m in fused two_pass; do SSMBENCH_CONV_BWD=\$m $PY -m ssmbench.perf.training \
-  --experiments table1 induction --models mamba --modes graphs --tag conv-\$m --out '$OUT/step_options/rows'; done"
+# the step's implementation choices (kernels/common/options.py) inside the real graphed Mamba step, one at a time and
+# all together; rows tagged by the choice, each row's kernel_options says which ran
+stage step_options 300 bash -c "for opts in '' SSMBENCH_CONV_BWD=two_pass SSMBENCH_RMSNORM=triton \
+  SSMBENCH_EMBED=onehot 'SSMBENCH_CONV_BWD=two_pass SSMBENCH_RMSNORM=triton SSMBENCH_EMBED=onehot'; do
+  tag=\$(echo \"\${opts:-defaults}\" | tr ' =' '+-'); env \$opts $PY -m ssmbench.perf.training --experiments table1 \
+  induction --models mamba s6_nogate --modes graphs --tag \"\$tag\" --out '$OUT/step_options/rows'; done"
 stage train_profile 240 bash -c "for m in mamba s6_nogate h3 transformer; do
   $PY scripts/profile_train_step.py --experiment table1 --model \$m --out '$OUT/train_profile' || echo \"\$m failed\"; done"
 # The quick ones first (vmap rules, the bf16 ensembles against their members, graphs in threads), the long sweep of

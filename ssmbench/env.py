@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from .kernels.common.options import describe as describe_kernel_options
+
 
 @functools.lru_cache(maxsize=None)
 def git_commit() -> str:
@@ -65,4 +67,7 @@ def environment(device: torch.device | str) -> dict[str, str]:
         "cuda": torch.version.cuda or "none",
         "python": platform.python_version(),
         "commit": git_commit(),
+        # the step's implementation choices (environment variables; kernels/common/options.py): a timing is
+        # never read without them
+        "kernel_options": describe_kernel_options(),
     }

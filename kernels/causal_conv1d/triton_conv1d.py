@@ -3,26 +3,21 @@ Any strides (e.g. a [batch, L, dim] activation viewed as [batch, dim, L]); arith
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from ..common import triton_util as tu
+from ..common.options import option
 
 _KERNELS = Path(__file__).with_name("triton_conv1d_kernels.py")
 BLOCK_D, BLOCK_L = 16, 256
-# The backward's kernels: "fused" (conv_bwd_kernel, measured on the H200) or "two_pass" (conv_bwd_grad_kernel then
-# conv_bwd_dx_kernel: less recomputation, one fp32 buffer of g more; not yet measured on a GPU). Both give the same
-# numbers (tests/kernels/test_causal_conv1d.py); scripts/bench_conv1d_bwd.py times them.
-BWD_MODES = ("fused", "two_pass")
-
-
+# The backward's kernels (SSMBENCH_CONV_BWD, kernels/common/options.py): "fused" (conv_bwd_kernel, measured on the
+# H200) or "two_pass" (conv_bwd_grad_kernel then conv_bwd_dx_kernel: less recomputation, one fp32 buffer of g more;
+# not yet measured on a GPU). Both give the same numbers (tests/kernels/test_causal_conv1d.py);
+# scripts/bench_conv1d_bwd.py times them.
 def bwd_mode() -> str:
-    mode = os.environ.get("SSMBENCH_CONV_BWD", "fused")
-    if mode not in BWD_MODES:
-        raise ValueError(f"SSMBENCH_CONV_BWD={mode!r} is not one of {BWD_MODES}")
-    return mode
+    return option("SSMBENCH_CONV_BWD")
 
 
 def _silu_flag(activation):

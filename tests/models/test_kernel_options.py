@@ -1,0 +1,113 @@
+"""kernels/common/options.py: the step's implementation choices (environment variables, never in the config)
+change how, not what: a model trains the same under each, and a bad value is an error naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssmbench.kernels.common.options import OPTIONS, describe, option
+from ssmbench.models.blocks import RMSNorm, make_norm
+from ssmbench.models.lm import LanguageModel
+
+from ..ssmbench.helpers import compose_cfg, tiny_overrides
+
+
+def _model(name: str = "mamba", seed: int = 0) -> tuple[LanguageModel, torch.Tensor]:
+    from ssmbench.run import prepare
+    p = prepare(compose_cfg(tiny_overrides(name) + ["device=cpu"]))
+    torch.manual_seed(seed)
+    model = LanguageModel(p.model_cfg, p.task.vocab_size)
+    inputs = p.task.sample(3, None, torch.Generator().manual_seed(seed)).inputs
+    return model, inputs
+
+
+def _loss_and_grads(model, inputs):
+    model.zero_grad(set_to_none=True)
+    logits = model(inputs)
+    g = torch.Generator().manual_seed(1)
+    loss = (logits * torch.randn(logits.shape, generator=g)).sum()
+    loss.backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_defaults_and_description(monkeypatch):
+    for name in OPTIONS:
+        monkeypatch.delenv(name, raising=False)
+    assert describe() == "conv_bwd=fused,rmsnorm=torch,embed=gather"
+    monkeypatch.setenv("SSMBENCH_EMBED", "onehot")
+    assert option("SSMBENCH_EMBED") == "onehot" and "embed=onehot" in describe()
+    monkeypatch.setenv("SSMBENCH_RMSNORM", "apex")
+    with pytest.raises(ValueError, match=r"SSMBENCH_RMSNORM='apex' is not one of \('torch', 'triton'\)"):
+        describe()
+
+
+@pytest.mark.parametrize("name", ["mamba", "transformer"])
+def test_onehot_embedding_gives_the_same_logits_and_gradients(monkeypatch, name):
+    model, inputs = _model(name)
+    monkeypatch.setenv("SSMBENCH_EMBED", "gather")
+    logits, grads = _loss_and_grads(model, inputs)
+    monkeypatch.setenv("SSMBENCH_EMBED", "onehot")
+    calls = []
+    real_one_hot = torch.nn.functional.one_hot
+    monkeypatch.setattr(torch.nn.functional, "one_hot", lambda *a, **k: calls.append(1) or real_one_hot(*a, **k))
+    logits2, grads2 = _loss_and_grads(model, inputs)
+    assert calls, "the one-hot path did not run"
+    assert torch.equal(logits, logits2)  # the forward rows are exact
+    for n in grads:  # the embedding's gradient sums in another order
+        assert torch.allclose(grads[n], grads2[n], rtol=1e-5, atol=1e-7), n
+
+
+def test_onehot_embedding_stays_a_gather_where_it_would_round(monkeypatch):
+    model, inputs = _model("mamba")
+    monkeypatch.setenv("SSMBENCH_EMBED", "onehot")
+    monkeypatch.setattr(torch.nn.functional, "one_hot", lambda *a, **k: pytest.fail("one-hot under TF32"))
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        model(inputs)
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_rmsnorm_keeps_nn_rmsnorms_parameters_and_results(monkeypatch):
+    norm = make_norm("rmsnorm", 8)
+    assert isinstance(norm, RMSNorm) and isinstance(norm, torch.nn.RMSNorm)
+    ref = torch.nn.RMSNorm(8, eps=1e-5)
+    assert norm.state_dict().keys() == ref.state_dict().keys()
+    x = torch.randn(4, 8)
+    monkeypatch.setenv("SSMBENCH_RMSNORM", "triton")  # on the CPU: PyTorch's, whatever the option says
+    assert torch.equal(norm(x), ref(x))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mamba", "s6_nogate", "transformer"])
+def test_a_graphed_step_trains_alike_under_every_option(monkeypatch, name):
+    """On the GPU, the graphed training step with every alternative on (two-pass conv backward, Triton RMSNorm,
+    one-hot embedding) follows the defaults' loss curve, as graphs follow eager (test_train_step.py)."""
+    from ssmbench.run import prepare
+    from ssmbench.step import TrainStep
+
+    def losses():
+        p = prepare(compose_cfg(tiny_overrides(name) + ["device=cuda", "trainer.precision=fp32"]))
+        torch.manual_seed(0)
+        step = TrainStep(LanguageModel(p.model_cfg, p.task.vocab_size).cuda(), p.task, p.trainer, p.device,
+                         p.precision, "graphs")
+        gen = torch.Generator("cuda").manual_seed(0)
+        out = []
+        for _ in range(30):
+            step(p.task.sample(p.trainer.batch_size, None, gen))
+            out.append(step.meters.read()["last_loss"])
+        assert step.mode == "graphs", step.reason
+        return out
+
+    for var in OPTIONS:
+        monkeypatch.delenv(var, raising=False)
+    default = losses()
+    for var, values in OPTIONS.items():
+        monkeypatch.setenv(var, values[1])
+    alternative = losses()
+    for a, b in zip(default[:5], alternative[:5]):
+        assert abs(a - b) <= 1e-3 * abs(a), (default, alternative)
+    tail_d, tail_a = sum(default[-10:]) / 10, sum(alternative[-10:]) / 10
+    assert abs(tail_d - tail_a) <= 0.02 * tail_d, (default, alternative)
