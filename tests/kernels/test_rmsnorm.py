@@ -154,6 +154,7 @@ def test_backend_table(monkeypatch):
             rms_norm(x, w, backend="triton")
 
 
+@pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("d", [64, 1024])
 def test_gpu_rmsnorm(d):
