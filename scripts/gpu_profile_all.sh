@@ -105,8 +105,10 @@ stage step_options 300 bash -c "for opts in '' SSMBENCH_CONV_BWD=two_pass SSMBEN
   SSMBENCH_EMBED=onehot 'SSMBENCH_CONV_BWD=two_pass SSMBENCH_RMSNORM=triton SSMBENCH_EMBED=onehot'; do
   tag=\$(echo \"\${opts:-defaults}\" | tr ' =' '+-'); env \$opts $PY -m ssmbench.perf.training --experiments table1 \
   induction --models mamba s6_nogate --modes graphs --tag \"\$tag\" --out '$OUT/step_options/rows'; done"
-stage train_profile 240 bash -c "for m in mamba s6_nogate h3 transformer; do
-  $PY scripts/profile_train_step.py --experiment table1 --model \$m --out '$OUT/train_profile' || echo \"\$m failed\"; done"
+stage train_profile 300 bash -c "for m in mamba s6_nogate h3 transformer; do
+  $PY scripts/profile_train_step.py --experiment table1 --model \$m --out '$OUT/train_profile' || echo \"\$m failed\"; done
+  for m in mamba h3; do $PY scripts/profile_train_step.py --experiment table1 --model \$m --mode eager --ops \
+    --out '$OUT/train_profile' || echo \"\$m (ops) failed\"; done"
 # The quick ones first (vmap rules, the bf16 ensembles against their members, graphs in threads), the long sweep of
 # every scan length last: under load (session 8, beside 21 training runs) the whole stage ran out of time at 420 s.
 stage kernel_tests 420 bash -c "$PY -m pytest -q -p no:cacheprovider -o addopts='' tests/kernels/test_vmap_kernels.py;

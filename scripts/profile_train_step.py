@@ -53,14 +53,14 @@ def family(name: str) -> str:
     return "other"
 
 
-def profile_step(overrides: list[str], mode: str, warmup: int, steps: int, trace: Path | None):
+def profile_step(overrides: list[str], mode: str, warmup: int, steps: int, trace: Path | None, shapes: bool = False):
     p, _, step, next_batch = build_step(overrides, mode)
     for _ in range(warmup):
         step(next_batch())
     synchronize(p.device)
     cuda = p.device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    with profile(activities=activities, record_shapes=shapes) as prof:
         for _ in range(steps):
             step(next_batch())
         synchronize(p.device)
@@ -91,6 +91,21 @@ def summarise(prof, cuda: bool, steps: int) -> tuple[list, dict]:
     return rows, dict(sorted(fam_ms.items(), key=lambda kv: -kv[1]))
 
 
+def op_rows(prof, cuda: bool, steps: int) -> list[tuple[str, str, float, float]]:
+    """Per (aten op, input shapes): calls per step and the time of the kernels it launched itself (self: a parent
+    op does not count its children's), so the kernels above can be traced to the code that calls them. Eager
+    only: a replayed CUDA graph runs no ops."""
+    rows = []
+    for evt in prof.key_averages(group_by_input_shape=True):
+        if not evt.key.startswith("aten::"):
+            continue
+        us = (getattr(evt, "self_device_time_total", None) or evt.self_cuda_time_total) if cuda \
+            else evt.self_cpu_time_total
+        if us > 0:
+            rows.append((evt.key, str(evt.input_shapes), evt.count / steps, us / 1e3 / steps))
+    return sorted(rows, key=lambda r: -r[3])
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiment", default="table1", choices=list(EXPERIMENTS))
@@ -102,6 +117,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides")
     ap.add_argument("--out", default="results/training/profile")
     ap.add_argument("--trace", action="store_true", help="also write a Chrome trace")
+    ap.add_argument("--ops", action="store_true",
+                    help="also list the aten ops (with their input shapes) whose kernels take the most time; needs "
+                         "--mode eager")
     args = ap.parse_args(argv)
     if args.model not in EXPERIMENTS[args.experiment]:
         sys.exit(f"--model {args.model!r} is not one of {sorted(EXPERIMENTS[args.experiment])}")
@@ -109,8 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     stem = f"profile_{args.experiment}_{args.model}_{args.mode}"
     overrides = EXPERIMENTS[args.experiment][args.model] + args.override
+    if args.ops and args.mode != "eager":
+        sys.exit("--ops needs --mode eager: a replayed CUDA graph runs no ops for the profiler to see")
     prof, p, step = profile_step(overrides, args.mode, args.warmup, args.steps,
-                                 out / f"{stem}.json" if args.trace else None)
+                                 out / f"{stem}.json" if args.trace else None, shapes=args.ops)
     cuda = p.device.type == "cuda"
     rows, fams = summarise(prof, cuda, args.steps)
     total = sum(fams.values())
@@ -128,6 +148,12 @@ def main(argv: list[str] | None = None) -> None:
     for name, calls, ms in rows[:args.top]:
         short = name if len(name) <= 90 else name[:87] + "..."
         lines.append(f"| `{short}` | {calls:g} | {ms:.3f} | {family(name)} |")
+    if args.ops:
+        lines += ["", f"## Top {args.top} ops, by the time of the kernels each launched itself", "",
+                  "| op | input shapes | calls per step | ms per step |", "|---|---|---|---|"]
+        for name, shapes, calls, ms in op_rows(prof, cuda, args.steps)[:args.top]:
+            shapes = shapes if len(shapes) <= 80 else shapes[:77] + "..."
+            lines.append(f"| `{name}` | `{shapes}` | {calls:g} | {ms:.3f} |")
     if step.reason:
         lines += ["", f"Note: {step.reason}"]
     text = "\n".join(lines) + "\n"
