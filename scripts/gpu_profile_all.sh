@@ -101,10 +101,11 @@ stage conv_bwd 90 $PY scripts/bench_conv1d_bwd.py --out "$OUT/conv_bwd/rows.csv"
 stage rmsnorm 90 $PY scripts/bench_rmsnorm.py --out "$OUT/rmsnorm/rows.csv"
 # the step's implementation choices (kernels/common/options.py) inside the real graphed Mamba step, one at a time and
 # all together; rows tagged by the choice, each row's kernel_options says which ran
-stage step_options 300 bash -c "for opts in '' SSMBENCH_CONV_BWD=two_pass SSMBENCH_RMSNORM=triton \
-  SSMBENCH_EMBED=onehot 'SSMBENCH_CONV_BWD=two_pass SSMBENCH_RMSNORM=triton SSMBENCH_EMBED=onehot'; do
+stage step_options 360 bash -c "for opts in '' SSMBENCH_CONV_BWD=two_pass SSMBENCH_RMSNORM=triton \
+  SSMBENCH_EMBED=onehot SSMBENCH_SHIFT=triton \
+  'SSMBENCH_CONV_BWD=two_pass SSMBENCH_RMSNORM=triton SSMBENCH_EMBED=onehot SSMBENCH_SHIFT=triton'; do
   tag=\$(echo \"\${opts:-defaults}\" | tr ' =' '+-'); env \$opts $PY -m ssmbench.perf.training --experiments table1 \
-  induction --models mamba s6_nogate --modes graphs --tag \"\$tag\" --out '$OUT/step_options/rows'; done"
+  induction --models mamba s6_nogate h3 --modes graphs --steps 20 --repeats 3 --tag \"\$tag\" --out '$OUT/step_options/rows'; done"
 stage train_profile 300 bash -c "for m in mamba s6_nogate h3 transformer; do
   $PY scripts/profile_train_step.py --experiment table1 --model \$m --out '$OUT/train_profile' || echo \"\$m failed\"; done
   for m in mamba h3; do $PY scripts/profile_train_step.py --experiment table1 --model \$m --mode eager --ops \

@@ -6,6 +6,8 @@ continues under another), and recorded in every row (`kernel_options`) so a timi
     SSMBENCH_RMSNORM  = torch | triton       the blocks' RMSNorm on CUDA (models/blocks.py; kernels/rmsnorm/)
     SSMBENCH_EMBED    = gather | onehot      the token embedding: nn.Embedding, or a one-hot GEMM whose backward
                                              is a GEMM too (models/lm.py; for small vocabularies)
+    SSMBENCH_SHIFT    = torch | triton       H3's shift SSM on CUDA: F.conv1d on a padded copy, or the Triton causal
+                                             conv1d on x in place (models/layers/shift.py)
 
 The defaults are the paths measured on the H200 so far. The alternatives give the same numbers within float
 rounding (tests/kernels/test_causal_conv1d.py, tests/models/test_kernel_options.py); `gpu_profile_all.sh`'s
@@ -20,6 +22,7 @@ OPTIONS = {
     "SSMBENCH_CONV_BWD": ("fused", "two_pass"),
     "SSMBENCH_RMSNORM": ("torch", "triton"),
     "SSMBENCH_EMBED": ("gather", "onehot"),
+    "SSMBENCH_SHIFT": ("torch", "triton"),
 }
 
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssmbench.kernels.common.options import option
+
 from .base import ALL_ROWS, SequenceLayer, device_dtype
 
 
@@ -31,12 +33,25 @@ class ShiftSSM(SequenceLayer):
         self.D = nn.Parameter(torch.randn(d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda and option("SSMBENCH_SHIFT") == "triton":
+            return self.forward_triton(x)
         with torch.autocast(device_type=x.device.type, enabled=False):
             u = x.float().transpose(1, 2)                               # [B, H, L]
             # conv1d is cross-correlation: flip C so that weight[..., -1 - k] multiplies x_{t-k}
             y = F.conv1d(F.pad(u, (self.d_state - 1, 0)), self.C.float().flip(-1)[:, None, :], groups=self.d_model)
             y = y + u * self.D.float()[:, None]
         return y.transpose(1, 2).to(x.dtype)
+
+    def forward_triton(self, x: torch.Tensor) -> torch.Tensor:
+        """forward through the Triton causal conv1d (SSMBENCH_SHIFT=triton, kernels/common/options.py): x read in
+        place as [B, H, L] through its strides (no transpose or padded copy), fp32 arithmetic, one rounding to
+        x's dtype; D folds into the tap of x_t (the same sum, rounded once more in fp32). PyTorch's depthwise
+        conv kernels and the copies around them took ~1.5 ms of H3's 14.4 ms step (results/training/README.md)."""
+        from ssmbench.kernels.causal_conv1d import causal_conv1d_fn
+        flipped = self.C.float().flip(-1)  # weight[:, -1] multiplies x_t
+        weight = torch.cat([flipped[:, :-1], (flipped[:, -1] + self.D.float())[:, None]], dim=1)
+        y = causal_conv1d_fn(x.transpose(1, 2), weight, None, None, backend="triton")
+        return y.transpose(1, 2)
 
     def allocate_cache(self, batch, max_len, device=None, dtype=None) -> torch.Tensor:
         device, _ = device_dtype(self, device, dtype)

@@ -34,7 +34,7 @@ def _loss_and_grads(model, inputs):
 def test_defaults_and_description(monkeypatch):
     for name in OPTIONS:
         monkeypatch.delenv(name, raising=False)
-    assert describe() == "conv_bwd=fused,rmsnorm=torch,embed=gather"
+    assert describe() == "conv_bwd=fused,rmsnorm=torch,embed=gather,shift=torch"
     monkeypatch.setenv("SSMBENCH_EMBED", "onehot")
     assert option("SSMBENCH_EMBED") == "onehot" and "embed=onehot" in describe()
     monkeypatch.setenv("SSMBENCH_RMSNORM", "apex")
@@ -80,8 +80,29 @@ def test_rmsnorm_keeps_nn_rmsnorms_parameters_and_results(monkeypatch):
     assert torch.equal(norm(x), ref(x))
 
 
+def test_shift_ssm_through_the_triton_conv_equals_its_torch_path(monkeypatch):
+    """H3's shift SSM as the Triton causal conv1d on x in place (SSMBENCH_SHIFT=triton), here in the interpreter:
+    the same values and gradients as F.conv1d on the padded copy, for a strided x (a chunk of the qkv output)."""
+    from ssmbench.models.layers.shift import ShiftSSM
+
+    from ..kernels.triton_testing import triton_mode  # noqa: F401  (the interpreter, for this test)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch.manual_seed(0)
+    shift = ShiftSSM(6, d_state=4)
+    qkv = torch.randn(2, 37, 18)
+    grads = {}
+    for path in ("torch", "triton"):
+        x = qkv.clone().requires_grad_()
+        k = x.chunk(3, dim=-1)[1]  # [2, 37, 6], row stride 18
+        y = shift(k) if path == "torch" else shift.forward_triton(k)
+        cot = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+        grads[path] = (y.detach(), *torch.autograd.grad((y * cot).sum(), [x, shift.C, shift.D]))
+    for a, b in zip(grads["torch"], grads["triton"]):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["mamba", "s6_nogate", "transformer"])
+@pytest.mark.parametrize("name", ["mamba", "s6_nogate", "transformer", "h3"])
 def test_a_graphed_step_trains_alike_under_every_option(monkeypatch, name):
     """On the GPU, the graphed training step with every alternative on (two-pass conv backward, Triton RMSNorm,
     one-hot embedding) follows the defaults' loss curve, as graphs follow eager (test_train_step.py)."""
