@@ -44,6 +44,8 @@ def sdpa_context(backend: str):
     if backend == "auto":
         return nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
+    if backend == "auto_without_cudnn":  # (internal: the batched ensemble's choice on CUDA, Attention._attend)
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
     kind = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}[backend]
     return sdpa_kernel([kind])
@@ -117,7 +119,15 @@ class Attention(SequenceLayer):
         if self.uses_flash_attn(q.device, q.dtype):
             o = _flash_attn_func()(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p, causal=causal)
             return o.transpose(1, 2)
-        with sdpa_context(self.sdpa_backend):
+        backend = self.sdpa_backend
+        if backend == "auto" and q.is_cuda and torch._C._functorch.is_batchedtensor(q):
+            # Under torch.func.vmap (the batched ensemble) on the H200 every Transformer member's loss went
+            # non-finite (trainbench, c0e240b) where the same members alone, and the ensemble on the CPU, train.
+            # cuDNN attention, PyTorch's default there, is the suspect (its backward has known NaN bugs on
+            # H100/H200 in torch 2.11, pytorch#196678), so the batched path leaves it out; a GPU test
+            # (test_ensemble.py) checks the members against their solo runs.
+            backend = "auto_without_cudnn"
+        with sdpa_context(backend):
             return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=causal)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -132,3 +132,16 @@ def test_a_graphed_step_trains_alike_under_every_option(monkeypatch, name):
         assert abs(a - b) <= 1e-3 * abs(a), (default, alternative)
     tail_d, tail_a = sum(default[-10:]) / 10, sum(alternative[-10:]) / 10
     assert abs(tail_d - tail_a) <= 0.02 * tail_d, (default, alternative)
+
+
+def test_attention_without_cudnn_computes_the_same():
+    """The batched ensemble's attention backends on CUDA (flash, efficient, math: cuDNN left out) give the same
+    attention as the default choice; here on the CPU, where the context is exercised but cuDNN never runs."""
+    import torch.nn.functional as F
+
+    from ssmbench.models.layers.attention import sdpa_context
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 8, generator=g) for _ in range(3))
+    with sdpa_context("auto_without_cudnn"):
+        restricted = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(restricted, F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-6)
