@@ -64,7 +64,7 @@ from .run import (
     train_fields,
 )
 from .tracking import make_tracker
-from .train import STOP_ALL, TrainResult, _checkpoint, _restore, _StopRequest
+from .train import STOP_ALL, TrainResult, _checkpoint, _restore, _StopRequest, note_kernel_options
 
 log = logging.getLogger("ssmbench")
 STEP_MODE = "ensemble"
@@ -199,9 +199,11 @@ def _build(m: Member) -> dict | None:
     m.res = TrainResult(step_mode=STEP_MODE)
     ckpt = load_checkpoint(m.folder / CHECKPOINT, m.rid)
     if ckpt is None:
+        note_kernel_options(m.res)
         return None
     view = _StepView()
     m.done = _restore(ckpt, m.model, view, m.gen, m.res, p.device)
+    note_kernel_options(m.res)
     m.res.step_mode = ckpt.get("step_mode", STEP_MODE)  # how it was trained last, for one that is only evaluated
     _info(m, "run %s (%s) continues from its checkpoint at step %d", m.rid, m.label, m.done)
     return view.loaded

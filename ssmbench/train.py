@@ -28,6 +28,8 @@ from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_prog
 from .config import TrainerConfig
 from .evaluate import evaluate_length
 from .gpu_turns import GPU_TURNS
+from .kernels.common.options import DEFAULT as DEFAULT_KERNEL_OPTIONS
+from .kernels.common.options import describe as describe_kernel_options
 from .metrics import peak_memory_bytes, reset_peak_memory, sample_memory, synchronize
 from .step import STEP_MODES, TrainStep
 
@@ -89,6 +91,9 @@ class TrainResult:
     resumes: int = 0  # how many times this run continued from a checkpoint
     step_mode: str = "eager"  # eager | graphs, as actually run
     step_mode_reason: str = ""  # why graphs fell back to eager, if they did
+    # the step's implementation choices (kernels/common/options.py) of every call that trained this run, in order,
+    # one entry per change: "A" when every piece ran under A, "A then B" when later pieces switched
+    kernel_options: str = ""
 
 
 # Set by a process that trains several runs in threads (ssmbench.multirun) when it gets SIGTERM or SIGUSR2: Python
@@ -150,7 +155,16 @@ def _restore(ckpt: dict, model, step: TrainStep, generator: torch.Generator, res
     res.train_peak_mem_bytes = int(ckpt["train_peak_mem_bytes"])
     res.final_train_loss, res.final_train_accuracy = ckpt["final_train_loss"], ckpt["final_train_accuracy"]
     res.resumes = int(ckpt["resumes"]) + 1
+    # checkpoints from before the options existed trained under what are now the defaults
+    res.kernel_options = ckpt.get("kernel_options") or DEFAULT_KERNEL_OPTIONS
     return int(ckpt["step"])
+
+
+def note_kernel_options(res: TrainResult) -> None:
+    """Add this call's kernel options to the run's record, unless the last piece ran under the same."""
+    now = describe_kernel_options()
+    if res.kernel_options.rsplit(" then ", 1)[-1] != now:
+        res.kernel_options = f"{res.kernel_options} then {now}" if res.kernel_options else now
 
 
 def _checkpoint(folder: Path, run_id: str, done: int, model, step: TrainStep, generator: torch.Generator,
@@ -164,6 +178,7 @@ def _checkpoint(folder: Path, run_id: str, done: int, model, step: TrainStep, ge
         "history": res.history, "train_time_s": res.train_time_s, "train_peak_mem_bytes": res.train_peak_mem_bytes,
         "final_train_loss": res.final_train_loss, "final_train_accuracy": res.final_train_accuracy,
         "resumes": res.resumes, "step_mode": step.mode, "written_at": time.time(),
+        "kernel_options": res.kernel_options,
     }
     save_checkpoint(folder / CHECKPOINT, state)
     write_progress(folder, {"run_id": run_id, "status": status, "step": done, "train_time_s": res.train_time_s,
@@ -185,6 +200,7 @@ def train(model, task, cfg: TrainerConfig, device: torch.device, precision: str,
     ckpt = load_checkpoint(run_folder / CHECKPOINT, run_id) if run_folder is not None else None
     if ckpt is not None:
         done = _restore(ckpt, model, step, generator, res, device)
+    note_kernel_options(res)
     seq_len = task.seq_len
     reset_peak_memory(device)
     bar = tqdm(total=cfg.steps, initial=done, desc=desc, disable=not cfg.progress, leave=False, dynamic_ncols=True,

@@ -36,5 +36,12 @@ def option(name: str) -> str:
 
 
 def describe() -> str:
-    """All options as one row field: 'conv_bwd=fused,rmsnorm=torch,embed=gather'."""
-    return ",".join(f"{name.removeprefix('SSMBENCH_').lower()}={option(name)}" for name in OPTIONS)
+    """All options as one row field: 'conv_bwd=fused,rmsnorm=torch,embed=gather,shift=torch'."""
+    return _describe({name: option(name) for name in OPTIONS})
+
+
+def _describe(chosen: dict[str, str]) -> str:
+    return ",".join(f"{name.removeprefix('SSMBENCH_').lower()}={value}" for name, value in chosen.items())
+
+
+DEFAULT = _describe({name: values[0] for name, values in OPTIONS.items()})  # what every run before them used

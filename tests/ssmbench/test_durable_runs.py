@@ -173,3 +173,26 @@ def test_sigterm_checkpoints_then_ends_the_sweep(tmp_path):
     state = torch.load(runs[0] / CHECKPOINT, weights_only=True)
     assert 0 < state["step"] < 100000
     assert json.loads((runs[0] / PROGRESS).read_text())["status"] == "paused"
+
+
+def test_a_row_names_the_kernel_options_of_every_piece(tmp_path, monkeypatch):
+    """A run paused under one set of kernel options and continued under another (kernels/common/options.py:
+    environment variables, so the run id stays) says so in its row; a run under one set names it once."""
+    from ssmbench.kernels.common.options import DEFAULT, OPTIONS
+    for name in OPTIONS:
+        monkeypatch.delenv(name, raising=False)
+    root = tmp_path / "mixed"
+    args = [*LONG, f"results_root={root}", "study=s", "trainer.max_time_s=0.3"]
+    res = cli(args, cwd=tmp_path)
+    assert res.returncode == 0 and "paused at step" in res.stderr + res.stdout, res.stderr[-3000:]
+    monkeypatch.setenv("SSMBENCH_EMBED", "onehot")
+    for _ in range(60):
+        if list(root.glob("s/rows/*.json")):
+            break
+        assert cli(args, cwd=tmp_path).returncode == 0
+    row = load_all(root / "s")[0]
+    onehot = DEFAULT.replace("embed=gather", "embed=onehot")
+    assert row["train_kernel_options"] == f"{DEFAULT} then {onehot}"
+    assert row["kernel_options"] == onehot  # the process that wrote the row (and evaluated)
+    rows_ref, _ = _uninterrupted(tmp_path)
+    assert rows_ref[0]["train_kernel_options"] == onehot  # (the environment still says onehot)
