@@ -9,9 +9,9 @@ calls it. Medians of triton.testing.do_bench, one process; the ratio says which 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -24,7 +24,6 @@ def time_fwd_bwd(batch: int, dim: int, L: int, mode: str) -> float:
 
     from ssmbench.kernels.causal_conv1d import causal_conv1d_fn
 
-    os.environ["SSMBENCH_CONV_BWD"] = mode
     g = torch.Generator(device="cuda").manual_seed(0)
     # channel-major: [dim, batch, L] memory viewed as [batch, dim, L], the block's layout on CUDA
     x = torch.randn(dim, batch, L, device="cuda", generator=g, dtype=torch.bfloat16).transpose(0, 1)
@@ -37,7 +36,15 @@ def time_fwd_bwd(batch: int, dim: int, L: int, mode: str) -> float:
         y = causal_conv1d_fn(x, w, b, activation="silu", backend="triton")
         torch.autograd.grad(y, (x, w, b), dy)
 
-    return do_bench(step, warmup=25, rep=200, return_mode="median")
+    before = os.environ.get("SSMBENCH_CONV_BWD")
+    os.environ["SSMBENCH_CONV_BWD"] = mode
+    try:
+        return do_bench(step, warmup=25, rep=200, return_mode="median")
+    finally:  # the rows' kernel_options say what this process runs otherwise
+        if before is None:
+            del os.environ["SSMBENCH_CONV_BWD"]
+        else:
+            os.environ["SSMBENCH_CONV_BWD"] = before
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,21 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("bench_conv1d_bwd: needs a CUDA device (the two paths are compared on the GPU)", file=sys.stderr)
         return 2
+    from ssmbench.env import environment
+
     rows = []
     for name, shape in SHAPES.items():
         ms = {mode: time_fwd_bwd(*shape, mode) for mode in ("fused", "two_pass")}
         rows.append({"shape": name, "fused_ms": ms["fused"], "two_pass_ms": ms["two_pass"],
-                     "fused_over_two_pass": ms["fused"] / ms["two_pass"], "device": torch.cuda.get_device_name(),
-                     "torch": torch.__version__, "commit": os.environ.get("SSMBENCH_COMMIT", "")})
+                     "fused_over_two_pass": ms["fused"] / ms["two_pass"], **environment("cuda")})
     print("| shape | fused fwd+bwd ms | two-pass fwd+bwd ms | fused / two-pass |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['shape']} | {r['fused_ms']:.3f} | {r['two_pass_ms']:.3f} | {r['fused_over_two_pass']:.2f}x |")
     if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        import pandas as pd
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(args.out, index=False)
     return 0
 
 

@@ -11,9 +11,8 @@ of the two are compared first. "auto" stays torch until these numbers say otherw
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -71,13 +70,12 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_rmsnorm: needs a CUDA device (it times torch's and the Triton RMSNorm kernels on the GPU); "
               "none is visible here", file=sys.stderr)
         return 2
-    from ssmbench.env import git_commit
+    from ssmbench.env import environment
     from ssmbench.kernels.rmsnorm import triton_rmsnorm
 
     if args.programs_per_sm:
         triton_rmsnorm.PROGRAMS_PER_SM = args.programs_per_sm
-    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "commit": git_commit(),
-            "programs_per_sm": triton_rmsnorm.PROGRAMS_PER_SM}
+    meta = {**environment("cuda"), "programs_per_sm": triton_rmsnorm.PROGRAMS_PER_SM}
     rows = [bench_one(args.rows, int(d), getattr(torch, args.dtype)) | meta for d in args.d.split(",")]
     print(f"{meta['device']}, torch {meta['torch']}, commit {meta['commit']}, backward grid "
           f"{meta['programs_per_sm']} programs per SM; medians in ms\n")
@@ -90,11 +88,9 @@ def main(argv: list[str] | None = None) -> int:
               f"| {r['max_rel_diff']:.1e} |")
     print("\nratio: torch time / triton time (above 1: Triton is faster)")
     if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        import pandas as pd
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(args.out, index=False)
         print(f"wrote {args.out}")
     return 0
 

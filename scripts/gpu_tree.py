@@ -59,9 +59,10 @@ def stash(root: Path, keep: list[str]) -> int:
         dest.parent.mkdir(parents=True, exist_ok=True)
         moved += (root / rel).stat().st_size
         shutil.move(root / rel, dest)
+    left = tree_bytes(root)
     print(f"gpu_tree: parked {moved / 2**20:.1f} MiB in {STASH}/; the tree a call copies: "
-          f"{tree_bytes(root) / 2**20:.1f} MiB of {LIMIT / 2**20:.0f}")
-    return 0 if tree_bytes(root) <= LIMIT else 2
+          f"{left / 2**20:.1f} MiB of {LIMIT / 2**20:.0f}")
+    return 0 if left <= LIMIT else 2
 
 
 def restore(root: Path) -> int:

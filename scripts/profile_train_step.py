@@ -69,19 +69,23 @@ def profile_step(overrides: list[str], mode: str, warmup: int, steps: int, trace
     return prof, p, step
 
 
+def _self_us(evt, cuda: bool) -> float:
+    """An event's own time: on the GPU its kernels' (self_device_time_total; self_cuda_time_total before torch
+    named it so), else its CPU time."""
+    if not cuda:
+        return evt.self_cpu_time_total
+    us = getattr(evt, "self_device_time_total", None)
+    return evt.self_cuda_time_total if us is None else us
+
+
 def summarise(prof, cuda: bool, steps: int) -> tuple[list, dict]:
     """Per-kernel rows (name, calls per step, ms per step) and per-family ms per step."""
     rows = []
     fam_ms: dict[str, float] = defaultdict(float)
     for evt in prof.key_averages():
-        if cuda:
-            us = getattr(evt, "self_device_time_total", None)
-            if us is None:
-                us = evt.self_cuda_time_total
-            if evt.device_type != torch.autograd.DeviceType.CUDA and us == 0:
-                continue
-        else:
-            us = evt.self_cpu_time_total
+        us = _self_us(evt, cuda)
+        if cuda and evt.device_type != torch.autograd.DeviceType.CUDA and us == 0:
+            continue
         if us <= 0:
             continue
         ms = us / 1e3 / steps
@@ -99,8 +103,7 @@ def op_rows(prof, cuda: bool, steps: int) -> list[tuple[str, str, float, float]]
     for evt in prof.key_averages(group_by_input_shape=True):
         if not evt.key.startswith("aten::"):
             continue
-        us = (getattr(evt, "self_device_time_total", None) or evt.self_cuda_time_total) if cuda \
-            else evt.self_cpu_time_total
+        us = _self_us(evt, cuda)
         if us > 0:
             rows.append((evt.key, str(evt.input_shapes), evt.count / steps, us / 1e3 / steps))
     return sorted(rows, key=lambda r: -r[3])

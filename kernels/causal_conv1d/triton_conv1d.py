@@ -16,8 +16,6 @@ BLOCK_D, BLOCK_L = 16, 256
 # H200) or "two_pass" (conv_bwd_grad_kernel then conv_bwd_dx_kernel: less recomputation, one fp32 buffer of g more;
 # not yet measured on a GPU). Both give the same numbers (tests/kernels/test_causal_conv1d.py);
 # scripts/bench_conv1d_bwd.py times them.
-def bwd_mode() -> str:
-    return option("SSMBENCH_CONV_BWD")
 
 
 def _silu_flag(activation):
@@ -70,7 +68,7 @@ class CausalConv1dTriton(torch.autograd.Function):
         dw = tu.alloc((batch * nl, dim, W), torch.float32, x.device)
         db = tu.alloc((batch * nl, dim), torch.float32, x.device) if bias is not None else dw
         K = tu.load_kernels(_KERNELS)
-        if bwd_mode() == "two_pass":
+        if option("SSMBENCH_CONV_BWD") == "two_pass":
             g = tu.alloc((batch, dim, L), torch.float32, x.device)
             K.conv_bwd_grad_kernel[(batch * nd, nl)](
                 x, weight, bias if bias is not None else weight, dy, g, dw, db, dim, L, nd, *x.stride(),

@@ -41,6 +41,35 @@ def conv_fwd_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, dim, L, n_dblocks,
 
 
 @triton.jit
+def _act_grad(dy_ptr, x_ptr, w_ptr, bias_ptr, b64, offs_d, t, md, L, s_xb, s_xd, s_xl, s_wd, s_wk, s_gb, s_gd, s_gl,
+              HAS_BIAS: tl.constexpr, SILU: tl.constexpr, W: tl.constexpr,
+              BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """g = dy * act'(pre) at steps t (fp32; 0 past L)."""
+    g = tl.load(dy_ptr + b64 * s_gb + offs_d[:, None] * s_gd + t[None, :] * s_gl,
+                mask=md[:, None] & (t < L)[None, :], other=0.0).to(tl.float32)
+    if SILU:
+        pre = _preact(x_ptr, w_ptr, bias_ptr, b64, offs_d, t, md, L, s_xb, s_xd, s_xl, s_wd, s_wk,
+                      HAS_BIAS, W, BLOCK_D, BLOCK_L)
+        sg = tl.sigmoid(pre)
+        g = g * sg * (1.0 + pre * (1.0 - sg))
+    return g
+
+
+@triton.jit
+def _store_param_grads(g, x_ptr, dw_ptr, dbias_ptr, prow, b64, offs_d, t, md, L, s_xb, s_xd, s_xl,
+                       HAS_BIAS: tl.constexpr, W: tl.constexpr):
+    """This tile's partial sums of the weight and bias gradients: dw[k] = sum_t g_t x_{t-W+1+k}, dbias = sum_t g_t,
+    at row prow of the [batch * n_lblocks, dim(, W)] buffers the wrapper adds up."""
+    if HAS_BIAS:
+        tl.store(dbias_ptr + prow, tl.sum(g, axis=1), mask=md)
+    for k in tl.static_range(W):
+        tk = t - (W - 1) + k
+        xk = tl.load(x_ptr + b64 * s_xb + offs_d[:, None] * s_xd + tk[None, :] * s_xl,
+                     mask=md[:, None] & ((tk >= 0) & (tk < L))[None, :], other=0.0).to(tl.float32)
+        tl.store(dw_ptr + prow * W + k, tl.sum(g * xk, axis=1), mask=md)
+
+
+@triton.jit
 def conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, dy_ptr, dx_ptr, dw_ptr, dbias_ptr, dim, L, n_dblocks,
                     s_xb, s_xd, s_xl, s_wd, s_wk, s_gb, s_gd, s_gl, s_dxb, s_dxd, s_dxl,
                     HAS_BIAS: tl.constexpr, SILU: tl.constexpr, W: tl.constexpr,
@@ -57,24 +86,13 @@ def conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, dy_ptr, dx_ptr, dw_ptr, dbias_ptr, d
     prow = (b64 * tl.num_programs(1) + lblk) * dim + offs_d
     for j in tl.static_range(W):
         tj = t + j
-        mj = md[:, None] & (tj < L)[None, :]
-        g = tl.load(dy_ptr + b64 * s_gb + offs_d[:, None] * s_gd + tj[None, :] * s_gl, mask=mj, other=0.0)
-        g = g.to(tl.float32)
-        if SILU:
-            pre = _preact(x_ptr, w_ptr, bias_ptr, b64, offs_d, tj, md, L, s_xb, s_xd, s_xl, s_wd, s_wk,
-                          HAS_BIAS, W, BLOCK_D, BLOCK_L)
-            sg = tl.sigmoid(pre)
-            g = g * sg * (1.0 + pre * (1.0 - sg))
+        g = _act_grad(dy_ptr, x_ptr, w_ptr, bias_ptr, b64, offs_d, tj, md, L, s_xb, s_xd, s_xl, s_wd, s_wk,
+                      s_gb, s_gd, s_gl, HAS_BIAS, SILU, W, BLOCK_D, BLOCK_L)
         wj = tl.load(w_ptr + offs_d * s_wd + (W - 1 - j) * s_wk, mask=md, other=0.0).to(tl.float32)
         dx += wj[:, None] * g
         if j == 0:  # g at t itself: the weight and bias gradients
-            if HAS_BIAS:
-                tl.store(dbias_ptr + prow, tl.sum(g, axis=1), mask=md)
-            for k in tl.static_range(W):
-                tk = t - (W - 1) + k
-                xk = tl.load(x_ptr + b64 * s_xb + offs_d[:, None] * s_xd + tk[None, :] * s_xl,
-                             mask=md[:, None] & ((tk >= 0) & (tk < L))[None, :], other=0.0).to(tl.float32)
-                tl.store(dw_ptr + prow * W + k, tl.sum(g * xk, axis=1), mask=md)
+            _store_param_grads(g, x_ptr, dw_ptr, dbias_ptr, prow, b64, offs_d, t, md, L, s_xb, s_xd, s_xl,
+                               HAS_BIAS, W)
     tl.store(dx_ptr + b64 * s_dxb + offs_d[:, None] * s_dxd + t[None, :] * s_dxl, dx,
              mask=md[:, None] & (t < L)[None, :])
 
@@ -124,23 +142,11 @@ def conv_bwd_grad_kernel(x_ptr, w_ptr, bias_ptr, dy_ptr, g_ptr, dw_ptr, dbias_pt
     offs_d = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
     t = lblk * BLOCK_L + tl.arange(0, BLOCK_L)
     md = offs_d < dim
-    mt = md[:, None] & (t < L)[None, :]
     prow = (b64 * tl.num_programs(1) + lblk) * dim + offs_d
-    g = tl.load(dy_ptr + b64 * s_gb + offs_d[:, None] * s_gd + t[None, :] * s_gl, mask=mt, other=0.0)
-    g = g.to(tl.float32)
-    if SILU:
-        pre = _preact(x_ptr, w_ptr, bias_ptr, b64, offs_d, t, md, L, s_xb, s_xd, s_xl, s_wd, s_wk,
-                      HAS_BIAS, W, BLOCK_D, BLOCK_L)
-        sg = tl.sigmoid(pre)
-        g = g * sg * (1.0 + pre * (1.0 - sg))
-    tl.store(g_ptr + (b64 * dim + offs_d[:, None]) * L + t[None, :], g, mask=mt)
-    if HAS_BIAS:
-        tl.store(dbias_ptr + prow, tl.sum(g, axis=1), mask=md)
-    for k in tl.static_range(W):
-        tk = t - (W - 1) + k
-        xk = tl.load(x_ptr + b64 * s_xb + offs_d[:, None] * s_xd + tk[None, :] * s_xl,
-                     mask=md[:, None] & ((tk >= 0) & (tk < L))[None, :], other=0.0).to(tl.float32)
-        tl.store(dw_ptr + prow * W + k, tl.sum(g * xk, axis=1), mask=md)
+    g = _act_grad(dy_ptr, x_ptr, w_ptr, bias_ptr, b64, offs_d, t, md, L, s_xb, s_xd, s_xl, s_wd, s_wk,
+                  s_gb, s_gd, s_gl, HAS_BIAS, SILU, W, BLOCK_D, BLOCK_L)
+    tl.store(g_ptr + (b64 * dim + offs_d[:, None]) * L + t[None, :], g, mask=md[:, None] & (t < L)[None, :])
+    _store_param_grads(g, x_ptr, dw_ptr, dbias_ptr, prow, b64, offs_d, t, md, L, s_xb, s_xd, s_xl, HAS_BIAS, W)
 
 
 @triton.jit
