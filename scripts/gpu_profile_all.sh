@@ -17,7 +17,9 @@
 # kernels against its members alone) and ensemble (ssmbench-trainbench --ensemble 8: 8 seeds as one batched step
 # beside one run's eager and graphed steps, induction and Table 1, into OUT/ensemble); conv_bwd and rmsnorm (the
 # conv1d backward's two paths, scripts/bench_conv1d_bwd.py; the Triton RMSNorm against PyTorch's,
-# scripts/bench_rmsnorm.py) and step_options (those and the one-hot embedding inside the graphed steps).
+# scripts/bench_rmsnorm.py) and step_options (those and the one-hot embedding inside the graphed steps;
+# STEP_OPTIONS_EXPERIMENTS and STEP_OPTIONS_MODELS narrow it, default "table1 induction" and "mamba s6_nogate h3").
+# train_profile's models: PROFILE_MODELS (graphed, by family) and PROFILE_OPS_MODELS (eager, by op), either empty.
 # Each stage has its own time limit (and the apps their own budget_s inside it), so one that overruns cannot
 # starve the next; rows are written as they are measured, so a stage stopped early keeps what it measured.
 # Logs: OUT/logs/<stage>.log. Uses $PYTHON (default: python). Needs torch with CUDA, triton, hydra-core,
@@ -100,15 +102,17 @@ stage copies 150 $PY scripts/scan_sweeps.py --sections copies --results-root "$O
 stage conv_bwd 90 $PY scripts/bench_conv1d_bwd.py --out "$OUT/conv_bwd/rows.csv"
 stage rmsnorm 90 $PY scripts/bench_rmsnorm.py --out "$OUT/rmsnorm/rows.csv"
 # the step's implementation choices (kernels/common/options.py) inside the real graphed Mamba step, one at a time and
-# all together; rows tagged by the choice, each row's kernel_options says which ran
-stage step_options 360 bash -c "for opts in '' SSMBENCH_CONV_BWD=two_pass SSMBENCH_RMSNORM=triton \
-  SSMBENCH_EMBED=onehot SSMBENCH_SHIFT=triton \
-  'SSMBENCH_CONV_BWD=two_pass SSMBENCH_RMSNORM=triton SSMBENCH_EMBED=onehot SSMBENCH_SHIFT=triton'; do
-  tag=\$(echo \"\${opts:-defaults}\" | tr ' =' '+-'); env \$opts $PY -m ssmbench.perf.training --experiments table1 \
-  induction --models mamba s6_nogate h3 --modes graphs --steps 20 --repeats 3 --tag \"\$tag\" --out '$OUT/step_options/rows'; done"
-stage train_profile 300 bash -c "for m in mamba s6_nogate h3 transformer; do
+# all together against the defaults; rows tagged by the choice, each row's kernel_options says which ran
+# (the defaults, each legacy path alone, and all the legacy paths: the step before session 9)
+stage step_options 360 bash -c "for opts in '' SSMBENCH_CONV_BWD=fused SSMBENCH_RMSNORM=torch \
+  SSMBENCH_EMBED=gather SSMBENCH_SHIFT=torch \
+  'SSMBENCH_CONV_BWD=fused SSMBENCH_RMSNORM=torch SSMBENCH_EMBED=gather SSMBENCH_SHIFT=torch'; do
+  tag=\$(echo \"\${opts:-defaults}\" | tr ' =' '+-'); env \$opts $PY -m ssmbench.perf.training --experiments \
+  ${STEP_OPTIONS_EXPERIMENTS:-table1 induction} --models ${STEP_OPTIONS_MODELS:-mamba s6_nogate h3} --modes graphs \
+  --steps 20 --repeats 3 --tag \"\$tag\" --out '$OUT/step_options/rows'; done"
+stage train_profile 300 bash -c "for m in ${PROFILE_MODELS-mamba s6_nogate h3 transformer}; do
   $PY scripts/profile_train_step.py --experiment table1 --model \$m --out '$OUT/train_profile' || echo \"\$m failed\"; done
-  for m in mamba h3; do $PY scripts/profile_train_step.py --experiment table1 --model \$m --mode eager --ops \
+  for m in ${PROFILE_OPS_MODELS-mamba h3}; do $PY scripts/profile_train_step.py --experiment table1 --model \$m --mode eager --ops \
     --out '$OUT/train_profile' || echo \"\$m (ops) failed\"; done"
 # The quick ones first (vmap rules, the bf16 ensembles against their members, graphs in threads), the long sweep of
 # every scan length last: under load (session 8, beside 21 training runs) the whole stage ran out of time at 420 s.

@@ -28,7 +28,7 @@ from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, write_prog
 from .config import TrainerConfig
 from .evaluate import evaluate_length
 from .gpu_turns import GPU_TURNS
-from .kernels.common.options import DEFAULT as DEFAULT_KERNEL_OPTIONS
+from .kernels.common.options import LEGACY as LEGACY_KERNEL_OPTIONS
 from .kernels.common.options import describe as describe_kernel_options
 from .metrics import peak_memory_bytes, reset_peak_memory, sample_memory, synchronize
 from .step import STEP_MODES, TrainStep
@@ -155,8 +155,8 @@ def _restore(ckpt: dict, model, step: TrainStep, generator: torch.Generator, res
     res.train_peak_mem_bytes = int(ckpt["train_peak_mem_bytes"])
     res.final_train_loss, res.final_train_accuracy = ckpt["final_train_loss"], ckpt["final_train_accuracy"]
     res.resumes = int(ckpt["resumes"]) + 1
-    # checkpoints from before the options existed trained under what are now the defaults
-    res.kernel_options = ckpt.get("kernel_options") or DEFAULT_KERNEL_OPTIONS
+    # checkpoints from before the options existed trained under the legacy paths (the defaults until session 9)
+    res.kernel_options = ckpt.get("kernel_options") or LEGACY_KERNEL_OPTIONS
     return int(ckpt["step"])
 
 

@@ -12,10 +12,10 @@ from ..common.options import option
 
 _KERNELS = Path(__file__).with_name("triton_conv1d_kernels.py")
 BLOCK_D, BLOCK_L = 16, 256
-# The backward's kernels (SSMBENCH_CONV_BWD, kernels/common/options.py): "fused" (conv_bwd_kernel, measured on the
-# H200) or "two_pass" (conv_bwd_grad_kernel then conv_bwd_dx_kernel: less recomputation, one fp32 buffer of g more;
-# not yet measured on a GPU). Both give the same numbers (tests/kernels/test_causal_conv1d.py);
-# scripts/bench_conv1d_bwd.py times them.
+# The backward's kernels (SSMBENCH_CONV_BWD, kernels/common/options.py): "two_pass", the default
+# (conv_bwd_grad_kernel then conv_bwd_dx_kernel: less recomputation, one fp32 buffer of g more; 0.29 ms less of
+# Mamba's graphed Table 1 step on the H200) or "fused" (conv_bwd_kernel, the path until session 9). Both give the
+# same numbers (tests/kernels/test_causal_conv1d.py); scripts/bench_conv1d_bwd.py times them.
 
 
 def _silu_flag(activation):

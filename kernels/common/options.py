@@ -2,16 +2,18 @@
 environment variables so that they never enter a run's config (or its run id: a run paused under one choice
 continues under another), and recorded in every row (`kernel_options`) so a timing is never read without them.
 
-    SSMBENCH_CONV_BWD = fused | two_pass     the causal conv1d backward (kernels/causal_conv1d/triton_conv1d.py)
-    SSMBENCH_RMSNORM  = torch | triton       the blocks' RMSNorm on CUDA (models/blocks.py; kernels/rmsnorm/)
-    SSMBENCH_EMBED    = gather | onehot      the token embedding: nn.Embedding, or a one-hot GEMM whose backward
-                                             is a GEMM too (models/lm.py; for small vocabularies)
-    SSMBENCH_SHIFT    = torch | triton       H3's shift SSM on CUDA: F.conv1d on a padded copy, or the Triton causal
-                                             conv1d on x in place (models/layers/shift.py)
+    SSMBENCH_CONV_BWD = two_pass | fused     the causal conv1d backward (kernels/causal_conv1d/triton_conv1d.py)
+    SSMBENCH_RMSNORM  = triton | torch       the blocks' RMSNorm on CUDA (models/blocks.py; kernels/rmsnorm/)
+    SSMBENCH_EMBED    = onehot | gather      the token embedding: a one-hot GEMM whose backward is a GEMM too, or
+                                             nn.Embedding (models/lm.py; the one-hot path for small vocabularies)
+    SSMBENCH_SHIFT    = triton | torch       H3's shift SSM on CUDA: the Triton causal conv1d on x in place, or
+                                             F.conv1d on a padded copy (models/layers/shift.py)
 
-The defaults are the paths measured on the H200 so far. The alternatives give the same numbers within float
-rounding (tests/kernels/test_causal_conv1d.py, tests/models/test_kernel_options.py); `gpu_profile_all.sh`'s
-stage step_options times them inside the real step.
+The first value of each is the default: the faster path inside the graphed Table 1 step on the H200 (stage
+step_options of `gpu_profile_all.sh`, session 9: all four together took Mamba's step from 11.7 to 9.9 ms and H3's
+from 14.4 to 10.7; results/training/README.md). The others are the paths every run trained with before that
+(LEGACY); they give the same numbers within float rounding (tests/kernels/test_causal_conv1d.py,
+tests/models/test_kernel_options.py).
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from __future__ import annotations
 import os
 
 OPTIONS = {
-    "SSMBENCH_CONV_BWD": ("fused", "two_pass"),
-    "SSMBENCH_RMSNORM": ("torch", "triton"),
-    "SSMBENCH_EMBED": ("gather", "onehot"),
-    "SSMBENCH_SHIFT": ("torch", "triton"),
+    "SSMBENCH_CONV_BWD": ("two_pass", "fused"),
+    "SSMBENCH_RMSNORM": ("triton", "torch"),
+    "SSMBENCH_EMBED": ("onehot", "gather"),
+    "SSMBENCH_SHIFT": ("triton", "torch"),
 }
 
 
@@ -36,7 +38,7 @@ def option(name: str) -> str:
 
 
 def describe() -> str:
-    """All options as one row field: 'conv_bwd=fused,rmsnorm=torch,embed=gather,shift=torch'."""
+    """All options as one row field: 'conv_bwd=two_pass,rmsnorm=triton,embed=onehot,shift=triton'."""
     return _describe({name: option(name) for name in OPTIONS})
 
 
@@ -44,4 +46,7 @@ def _describe(chosen: dict[str, str]) -> str:
     return ",".join(f"{name.removeprefix('SSMBENCH_').lower()}={value}" for name, value in chosen.items())
 
 
-DEFAULT = _describe({name: values[0] for name, values in OPTIONS.items()})  # what every run before them used
+DEFAULT = _describe({name: values[0] for name, values in OPTIONS.items()})
+# What every training call before the options existed used (a checkpoint without the field), and the defaults
+# until session 9 measured the alternatives.
+LEGACY = _describe({name: values[1] for name, values in OPTIONS.items()})

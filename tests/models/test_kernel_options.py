@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssmbench.kernels.common.options import OPTIONS, describe, option
+from ssmbench.kernels.common.options import DEFAULT, LEGACY, OPTIONS, describe, option
 from ssmbench.models.blocks import RMSNorm, make_norm
 from ssmbench.models.lm import LanguageModel
 
@@ -34,11 +34,12 @@ def _loss_and_grads(model, inputs):
 def test_defaults_and_description(monkeypatch):
     for name in OPTIONS:
         monkeypatch.delenv(name, raising=False)
-    assert describe() == "conv_bwd=fused,rmsnorm=torch,embed=gather,shift=torch"
-    monkeypatch.setenv("SSMBENCH_EMBED", "onehot")
-    assert option("SSMBENCH_EMBED") == "onehot" and "embed=onehot" in describe()
+    assert describe() == DEFAULT == "conv_bwd=two_pass,rmsnorm=triton,embed=onehot,shift=triton"
+    assert LEGACY == "conv_bwd=fused,rmsnorm=torch,embed=gather,shift=torch"
+    monkeypatch.setenv("SSMBENCH_EMBED", "gather")
+    assert option("SSMBENCH_EMBED") == "gather" and "embed=gather" in describe()
     monkeypatch.setenv("SSMBENCH_RMSNORM", "apex")
-    with pytest.raises(ValueError, match=r"SSMBENCH_RMSNORM='apex' is not one of \('torch', 'triton'\)"):
+    with pytest.raises(ValueError, match=r"SSMBENCH_RMSNORM='apex' is not one of \('triton', 'torch'\)"):
         describe()
 
 

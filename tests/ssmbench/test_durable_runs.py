@@ -183,16 +183,18 @@ def test_a_row_names_the_kernel_options_of_every_piece(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     root = tmp_path / "mixed"
     args = [*LONG, f"results_root={root}", "study=s", "trainer.max_time_s=0.3"]
+    monkeypatch.setenv("SSMBENCH_EMBED", "gather")
     res = cli(args, cwd=tmp_path)
     assert res.returncode == 0 and "paused at step" in res.stderr + res.stdout, res.stderr[-3000:]
+    gather = DEFAULT.replace("embed=onehot", "embed=gather")
     monkeypatch.setenv("SSMBENCH_EMBED", "onehot")
     for _ in range(60):
         if list(root.glob("s/rows/*.json")):
             break
         assert cli(args, cwd=tmp_path).returncode == 0
     row = load_all(root / "s")[0]
-    onehot = DEFAULT.replace("embed=gather", "embed=onehot")
-    assert row["train_kernel_options"] == f"{DEFAULT} then {onehot}"
+    onehot = DEFAULT
+    assert row["train_kernel_options"] == f"{gather} then {onehot}"
     assert row["kernel_options"] == onehot  # the process that wrote the row (and evaluated)
     rows_ref, _ = _uninterrupted(tmp_path)
     assert rows_ref[0]["train_kernel_options"] == onehot  # (the environment still says onehot)
