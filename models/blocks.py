@@ -32,8 +32,8 @@ NORMS = ("rmsnorm", "layernorm")
 class RMSNorm(nn.RMSNorm):
     """nn.RMSNorm (same parameters, same state_dict), computed by the Triton kernel (kernels/rmsnorm/) on CUDA when
     SSMBENCH_RMSNORM=triton, the default (kernels/common/options.py): PyTorch's kernel is built for wide rows and
-    took 0.2 ms a call on Table 1's 64-wide ones (results/training/README.md). Not under torch.func.vmap (the batched ensemble):
-    the Triton Function has no vmap rule, so there it is PyTorch's."""
+    took 0.2 ms a call on Table 1's 64-wide ones (results/training/README.md). Not under torch.func.vmap (the
+    batched ensemble): the Triton Function has no vmap rule, so there it is PyTorch's."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.is_cuda and option("SSMBENCH_RMSNORM") == "triton" and not torch._C._functorch.is_batchedtensor(x):
