@@ -30,6 +30,7 @@ from .evaluate import evaluate_length
 from .gpu_turns import GPU_TURNS
 from .kernels.common.options import LEGACY as LEGACY_KERNEL_OPTIONS
 from .kernels.common.options import describe as describe_kernel_options
+from .kernels.common.options import same as same_kernel_options
 from .metrics import peak_memory_bytes, reset_peak_memory, sample_memory, synchronize
 from .step import STEP_MODES, TrainStep
 
@@ -163,7 +164,7 @@ def _restore(ckpt: dict, model, step: TrainStep, generator: torch.Generator, res
 def note_kernel_options(res: TrainResult) -> None:
     """Add this call's kernel options to the run's record, unless the last piece ran under the same."""
     now = describe_kernel_options()
-    if res.kernel_options.rsplit(" then ", 1)[-1] != now:
+    if not res.kernel_options or not same_kernel_options(res.kernel_options.rsplit(" then ", 1)[-1], now):
         res.kernel_options = f"{res.kernel_options} then {now}" if res.kernel_options else now
 
 

@@ -8,12 +8,16 @@ continues under another), and recorded in every row (`kernel_options`) so a timi
                                              nn.Embedding (models/lm.py; the one-hot path for small vocabularies)
     SSMBENCH_SHIFT    = triton | torch       H3's shift SSM on CUDA: the Triton causal conv1d on x in place, or
                                              F.conv1d on a padded copy (models/layers/shift.py)
+    SSMBENCH_FFTCONV  = blh | bhl            S4's and Hyena's FFT convolution: along the time axis of [B, L, H] as
+                                             it comes, or on one transposed, zero-padded [B, H, 2L] copy
+                                             (models/layers/fftconv.py). Added in session 9, not yet timed on a
+                                             GPU, so the default is still the old path.
 
-The first value of each is the default: the faster path inside the graphed Table 1 step on the H200 (stage
-step_options of `gpu_profile_all.sh`, session 9: all four together took Mamba's step from 11.7 to 9.9 ms and H3's
-from 14.4 to 10.7; results/training/README.md). The others are the paths every run trained with before that
-(LEGACY); they give the same numbers within float rounding (tests/kernels/test_causal_conv1d.py,
-tests/models/test_kernel_options.py).
+The first value of each is the default. For the first four that is the faster path inside the graphed Table 1
+step on the H200 (stage step_options of `gpu_profile_all.sh`, session 9: all four together took Mamba's step from
+11.7 to 9.9 ms and H3's from 14.4 to 10.7; results/training/README.md); LEGACY is what every run trained with
+before that. Every choice gives the same numbers within float rounding (tests/kernels/test_causal_conv1d.py,
+tests/models/test_kernel_options.py, tests/models/test_fftconv.py).
 """
 
 from __future__ import annotations
@@ -25,7 +29,11 @@ OPTIONS = {
     "SSMBENCH_RMSNORM": ("triton", "torch"),
     "SSMBENCH_EMBED": ("onehot", "gather"),
     "SSMBENCH_SHIFT": ("triton", "torch"),
+    "SSMBENCH_FFTCONV": ("blh", "bhl"),
 }
+# What every training call before session 9 used (and what a checkpoint without the field trained under).
+_LEGACY = {"SSMBENCH_CONV_BWD": "fused", "SSMBENCH_RMSNORM": "torch", "SSMBENCH_EMBED": "gather",
+           "SSMBENCH_SHIFT": "torch", "SSMBENCH_FFTCONV": "blh"}
 
 
 def option(name: str) -> str:
@@ -38,7 +46,7 @@ def option(name: str) -> str:
 
 
 def describe() -> str:
-    """All options as one row field: 'conv_bwd=two_pass,rmsnorm=triton,embed=onehot,shift=triton'."""
+    """All options as one row field: 'conv_bwd=two_pass,rmsnorm=triton,embed=onehot,shift=triton,fftconv=blh'."""
     return _describe({name: option(name) for name in OPTIONS})
 
 
@@ -46,7 +54,17 @@ def _describe(chosen: dict[str, str]) -> str:
     return ",".join(f"{name.removeprefix('SSMBENCH_').lower()}={value}" for name, value in chosen.items())
 
 
+def same(a: str, b: str) -> bool:
+    """Whether two descriptions name the same choices, an option missing from one (recorded before it existed)
+    counting as its legacy path."""
+    return _parse(a) == _parse(b)
+
+
+def _parse(description: str) -> dict[str, str]:
+    chosen = {name.removeprefix("SSMBENCH_").lower(): value for name, value in _LEGACY.items()}
+    chosen.update(item.split("=", 1) for item in description.split(",") if "=" in item)
+    return chosen
+
+
 DEFAULT = _describe({name: values[0] for name, values in OPTIONS.items()})
-# What every training call before the options existed used (a checkpoint without the field), and the defaults
-# until session 9 measured the alternatives.
-LEGACY = _describe({name: values[1] for name, values in OPTIONS.items()})
+LEGACY = _describe(_LEGACY)

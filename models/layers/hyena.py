@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .base import ALL_ROWS, KVCache, SequenceLayer, device_dtype, mark_ssm
+from .fftconv import fft_causal_conv
 
 
 @dataclass
@@ -81,13 +82,6 @@ class ExponentialModulation(nn.Module):
         return x * (torch.exp(-t * self.deltas.abs()) + self.shift)
 
 
-def fft_causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """u: [B, L, H], k: [H, L] -> [B, L, H]; zero-padded to 2L so the circular convolution is the causal one."""
-    L = u.shape[1]
-    return torch.fft.irfft(torch.fft.rfft(u, n=2 * L, dim=1) * torch.fft.rfft(k.T, n=2 * L, dim=0),
-                           n=2 * L, dim=1)[:, :L]
-
-
 class HyenaFilterLayer(SequenceLayer):
     """x [B, L, H] -> y [B, L, H]: causal long convolution with the implicit Hyena filter, plus D x.
 
@@ -139,8 +133,7 @@ class HyenaFilterLayer(SequenceLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         L = x.shape[1]
         with torch.autocast(device_type=x.device.type, enabled=False):
-            u = x.float()
-            y = fft_causal_conv(u, self.filter(L)) + u * self.D.float()
+            y = fft_causal_conv(x, self.filter(L), self.D.float())
         return self.dropout(y).to(x.dtype)
 
     def allocate_cache(self, batch, max_len, device=None, dtype=None) -> KVCache:

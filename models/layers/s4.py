@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from .base import ALL_ROWS, SequenceLayer, device_dtype
+from .fftconv import fft_causal_conv
 
 INITS = ("legs", "lin", "inv", "real", "nplr")
 
@@ -284,11 +285,7 @@ class S4Layer(SequenceLayer):
         """x: [B, L, H] -> y [B, L, H]: y = causal_conv(x, K) + D x, FFT over 2L (no circular wrap-around)."""
         L = x.shape[1]
         with torch.autocast(device_type=x.device.type, enabled=False):
-            k = self.kernel(L)                                  # [H, L] fp32
-            u = x.to(self._dtype)
-            y = torch.fft.irfft(torch.fft.rfft(u, n=2 * L, dim=1) * torch.fft.rfft(k.T, n=2 * L, dim=0),
-                                n=2 * L, dim=1)[:, :L]
-            y = y + u * self._f(self.D)
+            y = fft_causal_conv(x, self.kernel(L), self._f(self.D))  # kernel [H, L] in the SSM's precision
         return self.dropout(y).to(x.dtype)
 
     def allocate_cache(self, batch, max_len, device=None, dtype=None) -> torch.Tensor:

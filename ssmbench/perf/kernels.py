@@ -302,15 +302,14 @@ S4_D_STATE = 64  # the S4 layer's own default (legs init: 32 complex modes)
 
 
 def _fft_case(backend: str, s: Shape, device: torch.device, gen: torch.Generator) -> Case:
-    from ssmbench.models.layers.hyena import fft_causal_conv
+    from ssmbench.models.layers.fftconv import fft_causal_conv
     B, L, H = s.batch, s.seq_len, s.dim
     u = _rand(gen, device, B, L, H).to(s.dtype)
     if backend == "torch_fft":
         inputs = dict(u=u, k=_rand(gen, device, H, L) * L ** -0.5, D=_rand(gen, device, H))
 
         def call(u, k, D):  # the S4/Hyena long convolution in fp32 (cuFFT), as the layers compute it
-            uf = u.float()
-            return (fft_causal_conv(uf, k) + uf * D).to(u.dtype)
+            return fft_causal_conv(u, k, D).to(u.dtype)
 
         return _make_case(call, inputs, _nbytes(u))
     from ssmbench.models.layers.s4 import S4Layer

@@ -34,13 +34,23 @@ def _loss_and_grads(model, inputs):
 def test_defaults_and_description(monkeypatch):
     for name in OPTIONS:
         monkeypatch.delenv(name, raising=False)
-    assert describe() == DEFAULT == "conv_bwd=two_pass,rmsnorm=triton,embed=onehot,shift=triton"
-    assert LEGACY == "conv_bwd=fused,rmsnorm=torch,embed=gather,shift=torch"
+    assert describe() == DEFAULT == "conv_bwd=two_pass,rmsnorm=triton,embed=onehot,shift=triton,fftconv=blh"
+    assert LEGACY == "conv_bwd=fused,rmsnorm=torch,embed=gather,shift=torch,fftconv=blh"
     monkeypatch.setenv("SSMBENCH_EMBED", "gather")
     assert option("SSMBENCH_EMBED") == "gather" and "embed=gather" in describe()
     monkeypatch.setenv("SSMBENCH_RMSNORM", "apex")
     with pytest.raises(ValueError, match=r"SSMBENCH_RMSNORM='apex' is not one of \('triton', 'torch'\)"):
         describe()
+
+
+def test_a_description_from_before_an_option_existed_reads_as_its_legacy_path():
+    """Rows and checkpoints written before SSMBENCH_FFTCONV existed lack it: they ran its legacy path, so a run
+    resumed under the same four others and fftconv=blh adds no 'then' to its train_kernel_options."""
+    from ssmbench.kernels.common.options import same
+    old = "conv_bwd=two_pass,rmsnorm=triton,embed=onehot,shift=triton"
+    assert same(old, old + ",fftconv=blh")
+    assert not same(old, old + ",fftconv=bhl")
+    assert not same(old, old.replace("two_pass", "fused") + ",fftconv=blh")
 
 
 @pytest.mark.parametrize("name", ["mamba", "transformer"])
