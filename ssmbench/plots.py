@@ -139,7 +139,8 @@ def induction_extrapolation(df: pd.DataFrame, out: Path) -> Path | None:
     if rows is None:
         return None
     styles = line_styles(rows)
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    # wide: fifteen lengths on the x axis, and a legend of up to ~15 entries beside the axes
+    fig, ax = plt.subplots(figsize=(12.5, 5))
     few_labelled = False
     for label, g in rows.groupby("label"):
         ok = g[g["status"] == "ok"]

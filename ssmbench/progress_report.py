@@ -71,7 +71,7 @@ def in_progress_plot(runs: list[dict], out: Path) -> Path | None:
         if chance is not None:
             ax.axhline(100 * chance, color="grey", ls="--", lw=1)
         ax.set_xlabel("training step")
-        ax.set_title(f"lr {lr:g} ({len(mine)} runs)" if isinstance(lr, (int, float)) else f"lr {lr}", fontsize=10)
+        ax.set_title(f"lr {_lr_text(lr)} ({len(mine)} runs)", fontsize=10)
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("held-out accuracy at the training length (%)")
@@ -86,6 +86,14 @@ def in_progress_plot(runs: list[dict], out: Path) -> Path | None:
     fig.suptitle("Runs in progress (paused, continuing): not final results", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out)
+
+
+def _lr_text(lr) -> str:
+    """1e-4 rather than 0.0001: learning rates read as powers of ten."""
+    if not isinstance(lr, (int, float)) or lr == 0 or 1e-2 <= abs(lr) < 1e3:
+        return f"{lr:g}" if isinstance(lr, (int, float)) else str(lr)
+    mantissa, exponent = f"{lr:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def _chance(runs: list[dict]) -> float | None:

@@ -36,3 +36,9 @@ def test_the_in_progress_figure_goes_once_every_run_has_finished(tmp_path):
     (tmp_path / "rows" / ("a" * 16 + ".json")).write_text("[]")
     assert write_in_progress(tmp_path) == ""
     assert not list(plots.glob("in_progress.*"))
+
+
+def test_panel_titles_write_small_learning_rates_as_powers_of_ten():
+    from ssmbench.progress_report import _lr_text
+    assert [_lr_text(v) for v in (1e-4, 1e-3, 2e-4, 1.5e-4, 0.01, 0.1, None)] == \
+        ["1e-4", "1e-3", "2e-4", "1.5e-4", "0.01", "0.1", "None"]
