@@ -119,7 +119,8 @@ stage train_profile 300 bash -c "for m in ${PROFILE_MODELS-mamba s6_nogate h3 tr
 # every scan length last: under load (session 8, beside 21 training runs) the whole stage ran out of time at 420 s.
 stage kernel_tests 420 bash -c "$PY -m pytest -q -p no:cacheprovider -o addopts='' tests/kernels/test_vmap_kernels.py;
   $PY -m pytest -q -rA -p no:cacheprovider -o addopts='' -m gpu tests/ssmbench/test_ensemble.py \
-  tests/models/test_kernel_options.py tests/kernels/test_rmsnorm.py tests/kernels/test_causal_conv1d.py \
+  tests/models/test_kernel_options.py tests/models/test_fftconv.py tests/kernels/test_rmsnorm.py \
+  tests/kernels/test_causal_conv1d.py \
   tests/ssmbench/test_train_step.py tests/kernels/test_triton_scan.py tests/kernels/test_scan_lengths.py"
 stage ensemble 240 bash -c "$PY -m ssmbench.perf.training --experiments induction table1 --models mamba transformer \
   --modes eager graphs --ensemble 8 --out '$OUT/ensemble/rows' && $PY -m ssmbench.perf.training --summarize '$OUT/ensemble'"
