@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,6 +164,15 @@ class LanguageModel(nn.Module):
         for emb in (self.embed, self.pos):
             if emb is not None:
                 nn.init.normal_(emb.weight, std=0.02)
+        if cfg.pos_emb == "sinusoidal":
+            # The sinusoids have unit amplitude (RMS 0.71 a dimension), 35x these tokens: at init the token carries
+            # 0.08% of the residual stream, and MHA-Abs built this way stayed at chance on induction heads where
+            # the same model with learned positions, or with RoPE, learns (results/induction_probes/
+            # abs_cpu_probe_notes.md). Kept as it was, so the runs trained with it keep their meaning.
+            warnings.warn("model.pos_emb=sinusoidal: the unit-amplitude sinusoids are ~35x the token embeddings "
+                          "(init std 0.02) and drown them; attention with them did not learn induction heads. "
+                          "Use model.pos_emb=learned (model=transformer_abs) unless reproducing those runs.",
+                          stacklevel=2)
         block = block_class(cfg.arch)
         try:
             self.blocks = nn.ModuleList(

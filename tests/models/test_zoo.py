@@ -119,3 +119,14 @@ def test_learned_positions_refuse_longer_sequences():
     model = build("transformer", pos_emb="learned", max_len=32)
     with pytest.raises(ValueError, match="max_len"):
         model(torch.randint(0, VOCAB, (1, 33)))
+
+
+def test_mha_abs_learns_its_positions_and_unit_sinusoids_warn():
+    """MHA-Abs is a learned position table at the tokens' scale, long enough for the paper's lengths (to 2^14);
+    the unit-amplitude sinusoids beside 0.02-std tokens (what kept MHA-Abs at chance) still build, with a warning."""
+    cfg = load("transformer_abs")
+    assert cfg.pos_emb == "learned" and cfg.max_len == 2 ** 14
+    model = build("transformer_abs")
+    assert model.pos.weight.std().item() == pytest.approx(model.embed.weight.std().item(), rel=0.2)
+    with pytest.warns(UserWarning, match="pos_emb=sinusoidal.*35x"):
+        build("transformer_abs", pos_emb="sinusoidal", max_len=4096)
