@@ -20,6 +20,8 @@
 # scripts/bench_rmsnorm.py) and step_options (those and the one-hot embedding inside the graphed steps;
 # STEP_OPTIONS_EXPERIMENTS and STEP_OPTIONS_MODELS narrow it, default "table1 induction" and "mamba s6_nogate h3").
 # train_profile's models: PROFILE_MODELS (graphed, by family) and PROFILE_OPS_MODELS (eager, by op), either empty.
+# compile: the graphed Table 1 step with trainer.compile=default against none (COMPILE_MODELS, default "mamba h3 hyena
+# s4"), into OUT/compile.
 # Each stage has its own time limit (and the apps their own budget_s inside it), so one that overruns cannot
 # starve the next; rows are written as they are measured, so a stage stopped early keeps what it measured.
 # Logs: OUT/logs/<stage>.log. Uses $PYTHON (default: python). Needs torch with CUDA, triton, hydra-core,
@@ -111,6 +113,11 @@ stage step_options 360 bash -c "for opts in '' SSMBENCH_FFTCONV=bhl SSMBENCH_CON
   tag=\$(echo \"\${opts:-defaults}\" | tr ' =' '+-'); env \$opts $PY -m ssmbench.perf.training --experiments \
   ${STEP_OPTIONS_EXPERIMENTS:-table1 induction} --models ${STEP_OPTIONS_MODELS:-mamba s6_nogate h3} --modes graphs \
   --steps 20 --repeats 3 --tag \"\$tag\" --out '$OUT/step_options/rows'; done"
+# trainer.compile (torch.compile of the forward and loss) against none, inside the graphed step; the first step of
+# each compiled model also pays the compile, which the warm-up steps absorb (COMPILE_MODELS narrows the models)
+stage compile 420 bash -c "for c in none default; do $PY -m ssmbench.perf.training --experiments table1 \
+  --models ${COMPILE_MODELS:-mamba h3 hyena s4} --modes graphs --steps 20 --repeats 3 --override trainer.compile=\$c \
+  --tag compile-\$c --out '$OUT/compile/rows'; done"
 stage train_profile 300 bash -c "for m in ${PROFILE_MODELS-mamba s6_nogate h3 transformer}; do
   $PY scripts/profile_train_step.py --experiment table1 --model \$m --out '$OUT/train_profile' || echo \"\$m failed\"; done
   for m in ${PROFILE_OPS_MODELS-mamba h3}; do $PY scripts/profile_train_step.py --experiment table1 --model \$m --mode eager --ops \

@@ -78,6 +78,9 @@ class TrainerConfig:
     target_accuracy: Optional[float] = None  # stop early once held-out accuracy reaches this (0..1)
     max_train_time_s: Optional[float] = None  # cap on training time summed over resumes; the run then finishes
     step_mode: str = "auto"  # auto (graphs on CUDA, eager on CPU) | eager | graphs (the step as one CUDA graph)
+    # torch.compile of the forward and loss (their backward with them): none | default |
+    # max-autotune-no-cudagraphs (modes that bring their own CUDA graphs would fight step_mode=graphs)
+    compile: str = "none"
     # ---- how this invocation runs; none of these changes the result, so none enters the run id ----
     max_time_s: Optional[float] = None  # this call's wall-clock budget: then checkpoint and pause (status paused)
     checkpoint_every_s: Optional[float] = 600.0  # write a checkpoint this often (and at every pause)
@@ -88,7 +91,7 @@ class TrainerConfig:
 
 # Keys of TrainerConfig that say how a call runs, not what it computes: a paused run continues under other values.
 INVOCATION_KEYS = ("max_time_s", "checkpoint_every_s", "checkpoint_every_steps", "log_every", "progress",
-                   "step_mode")
+                   "step_mode", "compile")
 
 
 @dataclass

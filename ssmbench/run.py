@@ -251,6 +251,7 @@ def train_fields(res, params: int) -> dict[str, Any]:
         "resumes": res.resumes,
         "step_mode": res.step_mode,
         "step_mode_reason": res.step_mode_reason,
+        "compile": res.compile,
         # every training call's options ("A then B" where pieces differed); `kernel_options` is this process's
         "train_kernel_options": res.kernel_options,
     }

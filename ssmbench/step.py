@@ -11,6 +11,12 @@ Two ways to run it, chosen by `trainer.step_mode`:
   step counter) and AdamW runs fused and capturable. Capture can fail for a layer that syncs or allocates on the
   host; the step then falls back to eager and the reason goes into the row (`step_mode_reason`).
 The batch is sampled outside the graph and copied into the graph's static input buffers.
+
+`trainer.compile` (none by default) runs the forward and the loss through torch.compile, their backward with them:
+Inductor fuses the element-wise chains and casts around the layers (on Table 1's LTI rows most of the step,
+results/training/README.md); the custom Triton kernels stay as they are (graph breaks). It composes with either
+mode: compiled code is captured like any other. If compiling fails, the step runs uncompiled and says why
+(`reason`), like a capture that fails.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from .gpu_turns import GPU_TURNS
 from .metrics import loss_and_accuracy
 
 STEP_MODES = ("auto", "eager", "graphs")
+# torch.compile modes; "reduce-overhead" and "max-autotune" are left out: they capture CUDA graphs of their own,
+# which step_mode=graphs already does around the whole step
+COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs")
 
 
 def lr_factor(cfg: TrainerConfig, step: int) -> float:
@@ -163,6 +172,13 @@ class TrainStep:
         self.graph = None
         self.static_inputs = self.static_targets = None
         self.eager_steps_before_capture = 3  # also warms up Triton's compile caches and cuBLAS handles
+        self.compile = getattr(cfg, "compile", "none")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"trainer.compile={self.compile!r} is not one of {COMPILE_MODES}")
+        self._forward_loss = self._forward_loss_eager
+        if self.compile != "none":
+            # dynamic=False: training sees one shape; a new one (none expected) recompiles rather than going slow
+            self._forward_loss = torch.compile(self._forward_loss_eager, mode=self.compile, dynamic=False)
 
     # ---- state for checkpoints -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -191,15 +207,34 @@ class TrainStep:
         # Under graph capture autocast must not cache casted weights across steps (they would go stale).
         return torch.autocast(device_type=self.device.type, dtype=self.dtype, cache_enabled=not self.device_schedule)
 
+    def _forward_loss_eager(self, inputs: torch.Tensor, targets: torch.Tensor):
+        with self._autocast():
+            logits = self.model(inputs)
+        return loss_and_accuracy(logits, targets)
+
+    def _compiled_forward_loss(self, inputs: torch.Tensor, targets: torch.Tensor):
+        """The forward and loss, compiled where asked; a compile that fails leaves the step uncompiled, with the
+        reason kept (nothing has been changed yet when it fails: the backward and the update come after)."""
+        if self._forward_loss is self._forward_loss_eager:
+            return self._forward_loss(inputs, targets)
+        try:
+            return self._forward_loss(inputs, targets)
+        except Exception as e:
+            capturing = self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+            if self.graph is not None or capturing:
+                raise  # a compiled step that worked before: not a compile problem
+            self.reason = f"torch.compile(mode={self.compile!r}) failed, trained uncompiled: {first_error(e)}"
+            self.compile = "none"
+            self._forward_loss = self._forward_loss_eager
+            return self._forward_loss(inputs, targets)
+
     def _body(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         if self.device_schedule:
             # index_select, not lr_table[step_t]: indexing by a 0-d tensor reads it on the host (a sync).
             factor = self.lr_table.index_select(0, self.step_t.clamp(max=self.lr_table.numel() - 1).view(1))
             for g, base in zip(self.opt.param_groups, self.base_lrs):
                 g["lr"].copy_(factor[0] * base)
-        with self._autocast():
-            logits = self.model(inputs)
-        loss, correct, scored = loss_and_accuracy(logits, targets)
+        loss, correct, scored = self._compiled_forward_loss(inputs, targets)
         # Captured gradients must stay at fixed addresses: zeroed in place, not freed.
         self.opt.zero_grad(set_to_none=self.mode != "graphs")
         loss.backward()

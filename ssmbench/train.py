@@ -32,7 +32,7 @@ from .kernels.common.options import LEGACY as LEGACY_KERNEL_OPTIONS
 from .kernels.common.options import describe as describe_kernel_options
 from .kernels.common.options import same as same_kernel_options
 from .metrics import peak_memory_bytes, reset_peak_memory, sample_memory, synchronize
-from .step import STEP_MODES, TrainStep
+from .step import COMPILE_MODES, STEP_MODES, TrainStep
 
 log = logging.getLogger("ssmbench")
 SCHEDULES = ("constant", "cosine")
@@ -75,6 +75,8 @@ def validate_trainer(cfg: TrainerConfig) -> None:
             bad(key, "must be > 0 or null")
     if cfg.step_mode not in STEP_MODES:
         bad("step_mode", f"must be one of {STEP_MODES}")
+    if cfg.compile not in COMPILE_MODES:
+        bad("compile", f"must be one of {COMPILE_MODES}")
 
 
 @dataclass
@@ -92,6 +94,7 @@ class TrainResult:
     resumes: int = 0  # how many times this run continued from a checkpoint
     step_mode: str = "eager"  # eager | graphs, as actually run
     step_mode_reason: str = ""  # why graphs fell back to eager, if they did
+    compile: str = "none"  # trainer.compile as actually run (none where compiling failed: the reason above)
     # the step's implementation choices (kernels/common/options.py) of every call that trained this run, in order,
     # one entry per change: "A" when every piece ran under A, "A then B" when later pieces switched
     kernel_options: str = ""
@@ -280,7 +283,7 @@ def train(model, task, cfg: TrainerConfig, device: torch.device, precision: str,
     res.steps = done
     res.train_peak_mem_bytes = max(res.train_peak_mem_bytes, peak_memory_bytes(device))
     res.train_tokens_per_s = done * cfg.batch_size * seq_len / max(res.train_time_s, 1e-9)
-    res.step_mode, res.step_mode_reason = step.mode, step.reason
+    res.step_mode, res.step_mode_reason, res.compile = step.mode, step.reason, step.compile
     if run_folder is not None and res.status in ("paused", "ok"):
         # Also when training is over: a call killed during the evaluation that follows then resumes there.
         _checkpoint(run_folder, run_id, done, model, step, generator, res, device,

@@ -133,7 +133,7 @@ def bench_one(overrides: list[str], mode: str, steps: int, warmup: int, repeats:
     ms = statistics.median(blocks_ms)
     last = step.meters.read()
     return {"ms_per_step": ms, "tokens_per_s": bs * p.task.seq_len / (ms / 1e3), "step_mode": step.mode,
-            "step_mode_reason": step.reason, "batch_size": bs, "seq_len": p.task.seq_len,
+            "step_mode_reason": step.reason, "compile": step.compile, "batch_size": bs, "seq_len": p.task.seq_len,
             "params": model.num_parameters(), "peak_mem_bytes": peak_memory_bytes(p.device),
             "precision": p.precision, "finite_loss": last["last_loss"] == last["last_loss"],
             "ms_per_member_step": ms, "ms_per_step_blocks": blocks_ms}
