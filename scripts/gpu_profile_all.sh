@@ -18,7 +18,8 @@
 # beside one run's eager and graphed steps, induction and Table 1, into OUT/ensemble); conv_bwd and rmsnorm (the
 # conv1d backward's two paths, scripts/bench_conv1d_bwd.py; the Triton RMSNorm against PyTorch's,
 # scripts/bench_rmsnorm.py) and step_options (those and the one-hot embedding inside the graphed steps;
-# STEP_OPTIONS_EXPERIMENTS and STEP_OPTIONS_MODELS narrow it, default "table1 induction" and "mamba s6_nogate h3").
+# STEP_OPTIONS_EXPERIMENTS and STEP_OPTIONS_MODELS choose, default "table1" (GPU-bound: where the options show) and
+# "mamba h3 hyena s4 mamba_s4").
 # train_profile's models: PROFILE_MODELS (graphed, by family) and PROFILE_OPS_MODELS (eager, by op), either empty.
 # compile: the graphed Table 1 step with trainer.compile=default against none (COMPILE_MODELS, default "mamba h3 hyena
 # s4"), into OUT/compile.
@@ -111,7 +112,7 @@ stage step_options 360 bash -c "for opts in '' SSMBENCH_FFTCONV=bhl SSMBENCH_CON
   SSMBENCH_EMBED=gather SSMBENCH_SHIFT=torch \
   'SSMBENCH_CONV_BWD=fused SSMBENCH_RMSNORM=torch SSMBENCH_EMBED=gather SSMBENCH_SHIFT=torch'; do
   tag=\$(echo \"\${opts:-defaults}\" | tr ' =' '+-'); env \$opts $PY -m ssmbench.perf.training --experiments \
-  ${STEP_OPTIONS_EXPERIMENTS:-table1 induction} --models ${STEP_OPTIONS_MODELS:-mamba s6_nogate h3} --modes graphs \
+  ${STEP_OPTIONS_EXPERIMENTS:-table1} --models ${STEP_OPTIONS_MODELS:-mamba h3 hyena s4 mamba_s4} --modes graphs \
   --steps 20 --repeats 3 --tag \"\$tag\" --out '$OUT/step_options/rows'; done"
 # trainer.compile (torch.compile of the forward and loss) against none, inside the graphed step; the first step of
 # each compiled model also pays the compile, which the warm-up steps absorb (COMPILE_MODELS narrows the models)
