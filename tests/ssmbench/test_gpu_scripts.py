@@ -117,3 +117,33 @@ def test_ensemble_mode_trains_each_group_of_seeds_as_one_ensemble(tmp_path):
     ks = sorted(r[0]["ensemble_k"] for r in rows)
     assert ks == [1, 2, 2] and all(r[0]["status"] == "ok" for r in rows)
     assert sorted(p.name for p in folder.glob("ensemble_*.out")) == ["ensemble_0.out", "ensemble_1.out"]
+
+
+def test_measure_then_train_trains_with_the_options_that_measured_faster(tmp_path):
+    """scripts/gpu_measure_then_train.sh: the measurement's rows (here written beforehand, as step_options would on
+    a GPU) pick the options, and the study then trains under them for the time left: the row says which ran."""
+    from ssmbench.kernels.common.options import DEFAULT
+    measure = tmp_path / "measure"
+    rows_dir = measure / "step_options" / "rows"
+    rows_dir.mkdir(parents=True)
+    bhl = DEFAULT.replace("fftconv=blh", "fftconv=bhl")
+    rows_dir.joinpath("rows.json").write_text(json.dumps([
+        {"experiment": "table1", "model": "h3", "ms_per_step": ms, "kernel_options": opts, "finite_loss": True}
+        for opts, ms in ((DEFAULT, 10.0), (bhl, 9.0))]))
+    study = tmp_path / "study.txt"
+    study.write_text(f"a  {' '.join(tiny_overrides('s4'))} study=mtt device=cpu\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), "OMP_NUM_THREADS": "1", "GPUS": "1",
+           "MEASURE_OUT": str(measure), "MEASURE_STAGES": "none"}
+    env.pop("SSMBENCH_FFTCONV", None)
+    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_measure_then_train.sh"), "300", str(study),
+                          str(tmp_path / "results")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "options for the training: export SSMBENCH_FFTCONV=bhl" in res.stdout
+    (row_file,) = (tmp_path / "results" / "mtt" / "rows").glob("*.json")
+    row = json.loads(row_file.read_text())
+    row = row[0] if isinstance(row, list) else row
+    assert "fftconv=bhl" in row["kernel_options"] and "fftconv=bhl" in row["train_kernel_options"]
+    assert (out / "measure.tgz").exists()
