@@ -70,20 +70,29 @@ def _store_param_grads(g, x_ptr, dw_ptr, dbias_ptr, prow, b64, offs_d, t, md, L,
 
 
 @triton.jit
-def conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, dy_ptr, dx_ptr, dw_ptr, dbias_ptr, dim, L, n_dblocks,
-                    s_xb, s_xd, s_xl, s_wd, s_wk, s_gb, s_gd, s_gl, s_dxb, s_dxd, s_dxl,
-                    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, W: tl.constexpr,
-                    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
-    # dx_t = sum_j w[W-1-j] g_{t+j}, g = dy * act'(pre); dw, dbias: per-(batch, L block) partial sums
-    # [batch * n_lblocks, dim, W] and [batch * n_lblocks, dim], added up by the wrapper.
+def _bwd_tile(dim, n_dblocks, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Where a backward program works: grid (batch * n_dblocks, n_lblocks); program (b * n_dblocks + dblk, lblk)
+    owns channels dblk * BLOCK_D .. and steps lblk * BLOCK_L ... Returns b (int64), the channel and step offsets,
+    the mask of real channels and the row of its dw / dbias partial sums."""
     pid = tl.program_id(0)
     lblk = tl.program_id(1)
     b64 = (pid // n_dblocks).to(tl.int64)
     offs_d = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
     t = lblk * BLOCK_L + tl.arange(0, BLOCK_L)
     md = offs_d < dim
-    dx = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
     prow = (b64 * tl.num_programs(1) + lblk) * dim + offs_d
+    return b64, offs_d, t, md, prow
+
+
+@triton.jit
+def conv_bwd_kernel(x_ptr, w_ptr, bias_ptr, dy_ptr, dx_ptr, dw_ptr, dbias_ptr, dim, L, n_dblocks,
+                    s_xb, s_xd, s_xl, s_wd, s_wk, s_gb, s_gd, s_gl, s_dxb, s_dxd, s_dxl,
+                    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, W: tl.constexpr,
+                    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    # dx_t = sum_j w[W-1-j] g_{t+j}, g = dy * act'(pre); dw, dbias: per-(batch, L block) partial sums
+    # [batch * n_lblocks, dim, W] and [batch * n_lblocks, dim], added up by the wrapper.
+    b64, offs_d, t, md, prow = _bwd_tile(dim, n_dblocks, BLOCK_D, BLOCK_L)
+    dx = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
     for j in tl.static_range(W):
         tj = t + j
         g = _act_grad(dy_ptr, x_ptr, w_ptr, bias_ptr, b64, offs_d, tj, md, L, s_xb, s_xd, s_xl, s_wd, s_wk,
@@ -136,13 +145,7 @@ def conv_bwd_grad_kernel(x_ptr, w_ptr, bias_ptr, dy_ptr, g_ptr, dw_ptr, dbias_pt
                          HAS_BIAS: tl.constexpr, SILU: tl.constexpr, W: tl.constexpr,
                          BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     # g (contiguous [batch, dim, L], fp32); dw, dbias partials per (batch, L block) as in conv_bwd_kernel.
-    pid = tl.program_id(0)
-    lblk = tl.program_id(1)
-    b64 = (pid // n_dblocks).to(tl.int64)
-    offs_d = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-    t = lblk * BLOCK_L + tl.arange(0, BLOCK_L)
-    md = offs_d < dim
-    prow = (b64 * tl.num_programs(1) + lblk) * dim + offs_d
+    b64, offs_d, t, md, prow = _bwd_tile(dim, n_dblocks, BLOCK_D, BLOCK_L)
     g = _act_grad(dy_ptr, x_ptr, w_ptr, bias_ptr, b64, offs_d, t, md, L, s_xb, s_xd, s_xl, s_wd, s_wk,
                   s_gb, s_gd, s_gl, HAS_BIAS, SILU, W, BLOCK_D, BLOCK_L)
     tl.store(g_ptr + (b64 * dim + offs_d[:, None]) * L + t[None, :], g, mask=md[:, None] & (t < L)[None, :])
@@ -153,11 +156,7 @@ def conv_bwd_grad_kernel(x_ptr, w_ptr, bias_ptr, dy_ptr, g_ptr, dw_ptr, dbias_pt
 def conv_bwd_dx_kernel(w_ptr, g_ptr, dx_ptr, dim, L, n_dblocks, s_wd, s_wk, s_dxb, s_dxd, s_dxl,
                        W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
     # dx_t = sum_j w[W-1-j] g_{t+j}, j ascending as in conv_bwd_kernel
-    pid = tl.program_id(0)
-    b64 = (pid // n_dblocks).to(tl.int64)
-    offs_d = (pid % n_dblocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-    t = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-    md = offs_d < dim
+    b64, offs_d, t, md, _ = _bwd_tile(dim, n_dblocks, BLOCK_D, BLOCK_L)
     dx = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
     for j in tl.static_range(W):
         tj = t + j
