@@ -175,10 +175,9 @@ class TrainStep:
         self.compile = getattr(cfg, "compile", "none")
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"trainer.compile={self.compile!r} is not one of {COMPILE_MODES}")
-        self._forward_loss = self._forward_loss_eager
-        if self.compile != "none":
-            # dynamic=False: training sees one shape; a new one (none expected) recompiles rather than going slow
-            self._forward_loss = torch.compile(self._forward_loss_eager, mode=self.compile, dynamic=False)
+        # dynamic=False: training sees one shape; a new one (none expected) recompiles rather than going slow
+        self._compiled = (None if self.compile == "none" else
+                          torch.compile(self._forward_loss_eager, mode=self.compile, dynamic=False))
 
     # ---- state for checkpoints -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -215,18 +214,17 @@ class TrainStep:
     def _compiled_forward_loss(self, inputs: torch.Tensor, targets: torch.Tensor):
         """The forward and loss, compiled where asked; a compile that fails leaves the step uncompiled, with the
         reason kept (nothing has been changed yet when it fails: the backward and the update come after)."""
-        if self._forward_loss is self._forward_loss_eager:
-            return self._forward_loss(inputs, targets)
+        if self._compiled is None:
+            return self._forward_loss_eager(inputs, targets)
         try:
-            return self._forward_loss(inputs, targets)
+            return self._compiled(inputs, targets)
         except Exception as e:
             capturing = self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
             if self.graph is not None or capturing:
                 raise  # a compiled step that worked before: not a compile problem
             self.reason = f"torch.compile(mode={self.compile!r}) failed, trained uncompiled: {first_error(e)}"
-            self.compile = "none"
-            self._forward_loss = self._forward_loss_eager
-            return self._forward_loss(inputs, targets)
+            self.compile, self._compiled = "none", None
+            return self._forward_loss_eager(inputs, targets)
 
     def _body(self, inputs: torch.Tensor, targets: torch.Tensor) -> None:
         if self.device_schedule:
