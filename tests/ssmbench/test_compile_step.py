@@ -4,26 +4,14 @@ fails leaves the step uncompiled with the reason; the key never moves a run id."
 import pytest
 import torch
 
-from ssmbench.models.lm import LanguageModel
 from ssmbench.results import run_id
 from ssmbench.run import RunConfigError, prepare
-from ssmbench.step import TrainStep
 
-from .helpers import compose_cfg, tiny_overrides
+from .helpers import compose_cfg, tiny_overrides, train_losses
 
 
 def _losses(model_name: str, compile_mode: str, steps: int, device: str = "cpu", mode: str = "eager"):
-    p = prepare(compose_cfg(tiny_overrides(model_name) + [f"device={device}", "trainer.precision=fp32",
-                                                          f"trainer.compile={compile_mode}"]))
-    torch.manual_seed(0)
-    model = LanguageModel(p.model_cfg, p.task.vocab_size).to(p.device)
-    step = TrainStep(model, p.task, p.trainer, p.device, p.precision, mode)
-    gen = torch.Generator(device=p.device).manual_seed(0)
-    losses = []
-    for _ in range(steps):
-        step(p.task.sample(p.trainer.batch_size, None, gen))
-        losses.append(step.meters.read()["last_loss"])
-    return losses, step
+    return train_losses(model_name, mode, steps, [f"trainer.compile={compile_mode}"], device=device)
 
 
 def test_a_compiled_step_follows_the_uncompiled_one_on_the_cpu():

@@ -1,18 +1,16 @@
 """scripts/gpu_tree.py: parking the other studies' .pt files shrinks the tree a GPU call copies, keeps the named
 studies' files, and restore puts every byte back; neither step overwrites or loses a file."""
 
-import importlib.util
 import subprocess
 from pathlib import Path
+
+from .helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_tree.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("gpu_tree", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("gpu_tree")
 
 
 def _repo(tmp_path: Path) -> Path:

@@ -1,18 +1,13 @@
 """scripts/pick_options.py: an option is taken for the rest of a GPU call only where it measured faster on some
 model and slower on none."""
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "pick_options.py"
+from .helpers import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("pick_options", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("pick_options")
 
 
 def test_picks_only_an_option_that_helps_somewhere_and_hurts_nowhere(tmp_path, capsys):

@@ -1,19 +1,13 @@
 """scripts/profile_train_step.py sorts kernels into families; names as the H200's profiler printed them (session 8)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "profile_train_step.py"
+from .helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def family():
-    spec = importlib.util.spec_from_file_location("profile_train_step", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.family
+    return load_script("profile_train_step").family
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -42,9 +36,7 @@ def test_an_eager_op_and_the_kernel_it_launched_count_once():
     from types import SimpleNamespace
 
     import torch
-    spec = importlib.util.spec_from_file_location("profile_train_step", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("profile_train_step")
     cpu, gpu = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
     events = [SimpleNamespace(key="aten::copy_", count=2, device_type=cpu, self_device_time_total=300.0),
               SimpleNamespace(key="memcpy128", count=2, device_type=gpu, self_device_time_total=300.0),

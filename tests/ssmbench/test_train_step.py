@@ -7,12 +7,11 @@ import time
 import pytest
 import torch
 
-from ssmbench.gpu_turns import GPU_TURNS
 from ssmbench.models.lm import LanguageModel
 from ssmbench.run import prepare
 from ssmbench.step import Meters, TrainStep, lr_factor, resolve_step_mode
 
-from .helpers import compose_cfg, tiny_overrides
+from .helpers import compose_cfg, tiny_overrides, train_losses
 
 
 def test_meters_keep_the_first_non_finite_step_and_reset_the_window():
@@ -50,18 +49,7 @@ def test_schedule_warms_up_then_decays():
 
 
 def _losses(model_name: str, mode: str, steps: int, extra=()) -> tuple[list[float], TrainStep]:
-    p = prepare(compose_cfg(tiny_overrides(model_name) + ["device=cuda", "trainer.precision=fp32", *extra]))
-    with GPU_TURNS.exclusive():  # the global generator is shared by threads (see the threads test)
-        torch.manual_seed(0)
-        model = LanguageModel(p.model_cfg, p.task.vocab_size)
-    model = model.to(p.device)
-    step = TrainStep(model, p.task, p.trainer, p.device, p.precision, mode)
-    gen = torch.Generator(device=p.device).manual_seed(0)
-    losses = []
-    for _ in range(steps):
-        step(p.task.sample(p.trainer.batch_size, None, gen))
-        losses.append(step.meters.read()["last_loss"])
-    return losses, step
+    return train_losses(model_name, mode, steps, extra, device="cuda")
 
 
 @pytest.mark.gpu
