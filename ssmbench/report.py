@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from .grouping import (
+    FEW_SCORED,
     FEW_SCORED_NOTE,
     MissingKey,
     choose_best,
@@ -155,8 +156,15 @@ def plot(df: pd.DataFrame, out: Path) -> list[Path]:
     lengths = sorted(ok["eval_len"].dropna().unique())
     fig, ax = plt.subplots(figsize=(8, 4.5))
     if len(lengths) > 1:
-        sns.lineplot(data=ok, x="eval_len", y="accuracy (%)", hue="label", style="label", palette=palette,
+        # Lengths where the evaluation's time budget scored only a few answers (8 answers read as 0% or 50%) are
+        # hollow marks, not joined into the lines, as in the extrapolation plot.
+        few = ok["eval_scored"] < FEW_SCORED if "eval_scored" in ok else pd.Series(False, index=ok.index)
+        sns.lineplot(data=ok[~few], x="eval_len", y="accuracy (%)", hue="label", style="label", palette=palette,
                      markers=True, dashes=False, errorbar=("pi", 100) if ok["seed"].nunique() > 1 else None, ax=ax)
+        for i, (label, g) in enumerate(ok[few].groupby("label")):
+            pts = g.groupby("eval_len")["accuracy (%)"].mean()
+            ax.plot(pts.index, pts.values, "o", mfc="none", ms=5, color=palette[label], clip_on=False,
+                    label=None if i else f"< {FEW_SCORED} answers scored (not joined)")
         if lengths[-1] / lengths[0] >= 4:
             ax.set_xscale("log", base=2)
         for L in sorted(ok["train_len"].dropna().unique()):
