@@ -128,6 +128,17 @@ def few_scored(rows: pd.DataFrame) -> str:
     return FEW_SCORED_MARK if ok["eval_scored"].sum() < FEW_SCORED else ""
 
 
+def pct_text(pct: float) -> str:
+    """An accuracy in % with one decimal, except that a value under 100 never reads `100.0`: 99.988 (2 wrong answers
+    of 16,384) is `99.99`, with as many decimals as it takes (up to 4), so a table cell shows 100.0 only when
+    every answer was right."""
+    for decimals in range(1, 5):
+        text = f"{pct:.{decimals}f}"
+        if not (pct < 100 and text.startswith("100")):
+            return text
+    return text
+
+
 def score(rows: pd.DataFrame) -> str:
     """A table cell: mean accuracy (%) of the ok rows, '*' when some runs failed, '†' when they scored few
     positions (FEW_SCORED); the status(es) when none is ok."""
@@ -136,7 +147,7 @@ def score(rows: pd.DataFrame) -> str:
     n_ok = int((rows["status"] == "ok").sum())
     if n_ok == 0:
         return "/".join(sorted(set(rows["status"].astype(str))))
-    return f"{mean_ok(rows):.1f}" + ("*" if n_ok < len(rows) else "") + few_scored(rows)
+    return pct_text(mean_ok(rows)) + ("*" if n_ok < len(rows) else "") + few_scored(rows)
 
 
 def seed_stats(rows: pd.DataFrame) -> dict:
@@ -153,7 +164,7 @@ def score_spread(rows: pd.DataFrame) -> str:
     if stats["n"] == 0:
         return score(rows)  # "-" or the failure status(es)
     spread = f" ± {stats['std_pct']:.1f}" if stats["n"] > 1 else ""
-    return (f"{stats['mean_pct']:.1f}{spread} (n={stats['n']})" + ("*" if stats["n"] < stats["runs"] else "")
+    return (f"{pct_text(stats['mean_pct'])}{spread} (n={stats['n']})" + ("*" if stats["n"] < stats["runs"] else "")
             + few_scored(rows))
 
 

@@ -7,6 +7,7 @@ label (grouping.variant_labels); variants of one model share its colour and diff
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from pathlib import Path
 
@@ -31,6 +32,8 @@ MODEL_COLOURS = {
 # For names not above: picked by a stable hash (not Python's hash(), which changes between processes).
 FALLBACK_COLOURS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354")
 LINE_STYLES = ("-", "--", "-.", ":")
+# Past four variants of one model the line styles repeat, so the next four also carry a marker.
+VARIANT_MARKERS = (None, "o", "s", "^")
 DPI = 200
 
 
@@ -59,29 +62,41 @@ def save_figure(fig, png: Path) -> Path:
 
 
 def line_styles(df: pd.DataFrame) -> dict[str, dict]:
-    """Per variant label: its model's colour, and a line style that tells variants of one model apart."""
+    """Per variant label: its model's colour, and a line style (then a marker, past four variants) that tells
+    variants of one model apart."""
     styles = {}
     for model, labels in df.groupby("model")["label"].unique().items():
         for i, label in enumerate(sorted(labels)):
             styles[label] = {"color": model_colour(model), "ls": LINE_STYLES[i % len(LINE_STYLES)]}
+            marker = VARIANT_MARKERS[(i // len(LINE_STYLES)) % len(VARIANT_MARKERS)]
+            if marker:
+                styles[label] |= {"marker": marker, "ms": 4, "markevery": 0.1}
     return styles
+
+
+def legend_label(label: str) -> str:
+    """A variant label shortened for a legend: the config groups' prefixes dropped (`trainer.lr=` -> `lr=`,
+    `model.pos_emb=` -> `pos_emb=`), `batch_size` as `batch`. Tables keep the full keys."""
+    return re.sub(r"(?<=[(\s])(?:trainer|model|task|eval)\.", "", label).replace("batch_size=", "batch=")
 
 
 def _mean_band(ax, table: pd.DataFrame, style: dict, label: str) -> None:
     """table: index x, one column per run. Mean line; min..max band where there are several runs."""
     mean = table.mean(axis=1)  # skips NaN: a run that stopped early (target reached) leaves the later steps
-    ax.plot(table.index, mean, label=label, lw=1.8, **style)
+    ax.plot(table.index, mean, label=legend_label(label), lw=1.8, **style)
     if table.shape[1] > 1:
         ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=style["color"], alpha=0.15, lw=0)
 
 
-def chance_lines(ax, rows: pd.DataFrame, task: str) -> None:
-    """A dashed line at chance accuracy (%) for each vocabulary size among `rows` of `task`."""
+def chance_lines(ax, rows: pd.DataFrame, task: str, vertical: bool = False) -> None:
+    """A dashed line at chance accuracy (%) for each vocabulary size among `rows` of `task`: horizontal where
+    accuracy is the y axis, vertical (`vertical=True`) where it is the x axis (horizontal bars)."""
     vocab = rows["task.vocab_size"].dropna().unique() if "task.vocab_size" in rows else []
     for V in vocab:
         p = chance_accuracy(task, int(V))
         if not math.isnan(p):
-            ax.axhline(100 * p, color="black", ls="--", lw=1, label=f"chance (1/{round(1 / p)})")
+            line = ax.axvline if vertical else ax.axhline
+            line(100 * p, color="black", ls="--", lw=1, label=f"chance (1/{round(1 / p)})")
 
 
 def history_frame(rows: pd.DataFrame) -> pd.DataFrame:
@@ -106,7 +121,9 @@ def learning_curves(df: pd.DataFrame, out: Path) -> Path | None:
     histories = {task: h for task, h in histories.items() if not h.empty}
     if not histories:
         return None
-    fig, axes = plt.subplots(len(histories), 2, figsize=(11, 3.8 * len(histories)), squeeze=False)
+    # each task's panels, then its legend beneath them in two columns (~0.17 in a line)
+    legend_in = max(0.6 + 0.17 * math.ceil((h["label"].nunique() + 1) / 2) for h in histories.values())
+    fig, axes = plt.subplots(len(histories), 2, figsize=(12, 3.8 * len(histories)), squeeze=False)
     for (acc_ax, loss_ax), (task, hist) in zip(axes, histories.items()):
         styles = line_styles(hist)
         for label, g in hist.groupby("label"):
@@ -119,18 +136,28 @@ def learning_curves(df: pd.DataFrame, out: Path) -> Path | None:
         # plain numbers (2.1, 2.2, ...) where the losses span less than a decade, instead of 2.1 x 10^0
         for set_formatter in (loss_ax.yaxis.set_major_formatter, loss_ax.yaxis.set_minor_formatter):
             set_formatter(LogFormatter(labelOnlyBase=False))
-        # Each task's legend beside its own panels, outside them so it never covers a curve.
-        loss_ax.legend(*acc_ax.get_legend_handles_labels(), loc="upper left", bbox_to_anchor=(1.02, 1),
-                       frameon=False)
+        for ax in (acc_ax, loss_ax):  # 50k rather than 50000: the step labels otherwise run into each other
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v else "0"))
     fig.suptitle("Learning curves (mean over seeds; band: min..max)", y=1.0)
     fig.tight_layout()
+    if len(histories) > 1:  # room between the rows for the legend of the row above
+        fig.subplots_adjust(hspace=0.45 + legend_in / 3.0)
+    # Each task's legend under its own panels, outside them so it never covers a curve, and below rather than
+    # beside them so that long variant labels cannot squeeze the panels: a figure legend placed after the layout
+    # (an axes legend would make tight_layout shrink the accuracy panel to the legend's width).
+    for acc_ax, _ in axes:
+        box = acc_ax.get_position()
+        fig.legend(*acc_ax.get_legend_handles_labels(), loc="upper left", ncols=2, frameon=False, fontsize=8,
+                   bbox_to_anchor=(box.x0, box.y0 - 0.55 / fig.get_figheight()))
     return save_figure(fig, out / "learning_curves.png")
 
 
-def _legend_right(ax) -> None:
-    """The legend outside the axes, so it never covers data; one entry per label (the oom marks repeat)."""
+def _legend_below(ax, ncols: int = 2) -> None:
+    """The legend under the axes in columns, one entry per label: for many or long entries, which beside the axes
+    would leave the plot itself a sliver of the figure."""
     entries = dict(zip(*reversed(ax.get_legend_handles_labels())))
-    ax.legend(entries.values(), entries.keys(), loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False)
+    ax.legend(entries.values(), entries.keys(), loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=ncols,
+              frameon=False, fontsize=8)
 
 
 def induction_extrapolation(df: pd.DataFrame, out: Path) -> Path | None:
@@ -139,8 +166,9 @@ def induction_extrapolation(df: pd.DataFrame, out: Path) -> Path | None:
     if rows is None:
         return None
     styles = line_styles(rows)
-    # wide: fifteen lengths on the x axis, and a legend of up to ~15 entries beside the axes
-    fig, ax = plt.subplots(figsize=(12.5, 5))
+    # wide: fifteen lengths on the x axis; the legend below the axes, where long variant labels cannot squeeze them
+    # (the figure is tall enough for both: tight_layout makes room for the legend inside the figure)
+    fig, ax = plt.subplots(figsize=(12.5, 8.5))
     few_labelled = False
     for label, g in rows.groupby("label"):
         ok = g[g["status"] == "ok"]
@@ -173,6 +201,6 @@ def induction_extrapolation(df: pd.DataFrame, out: Path) -> Path | None:
     ax.xaxis.set_minor_locator(FixedLocator([]))
     ax.set(xlabel="test sequence length (tokens, log2 scale)", ylabel="accuracy (%)", ylim=(0, 102),
            title="Induction heads: extrapolation beyond the training length")
-    _legend_right(ax)
+    _legend_below(ax)
     fig.tight_layout()
     return save_figure(fig, out / "induction_extrapolation.png")

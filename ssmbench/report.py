@@ -31,12 +31,13 @@ from .grouping import (
     choose_best,
     config_frame,
     key_values,
+    pct_text,
     score_spread,
     seed_stats,
     variant_labels,
 )
 from .paper import write_comparison
-from .plots import chance_lines, induction_extrapolation, learning_curves, line_styles, save_figure
+from .plots import chance_lines, induction_extrapolation, learning_curves, legend_label, line_styles, save_figure
 from .progress_report import write_in_progress
 from .results import load_all
 
@@ -129,17 +130,20 @@ def failures(df: pd.DataFrame) -> pd.DataFrame:
     return bad[cols].drop_duplicates()
 
 
-def _bars(ax, data: pd.DataFrame, y: str, palette: dict, estimator: str = "mean") -> None:
-    """One bar per variant label, in its model's colour, best first; the x labels name them, so no legend."""
+def _bars(ax, data: pd.DataFrame, y: str, palette: dict, estimator: str = "mean") -> list[str]:
+    """One horizontal bar per variant label, in its model's colour, best first (at the top); the value is on the x
+    axis and the y labels name the variants (shortened as in the legends), so no legend. Horizontal, because
+    variant labels can be long: under a vertical bar they would need more room than the plot. Returns the labels
+    in bar order, top first. The figure's height grows with the number of bars."""
     import seaborn as sns
 
-    order = data.groupby("label")[y].agg(estimator).sort_values(ascending=False).index
-    sns.barplot(data=data, x="label", y=y, order=order, hue="label", palette=palette, estimator=estimator,
-                errorbar=None, legend=False, ax=ax)
-    ax.set_xlabel("model")
-    ax.tick_params(axis="x", rotation=30)
-    for tick in ax.get_xticklabels():  # long variant labels end under their bar
-        tick.set(horizontalalignment="right", rotation_mode="anchor")
+    order = list(data.groupby("label")[y].agg(estimator).sort_values(ascending=False).index)
+    ax.figure.set_size_inches(ax.figure.get_figwidth(), max(3.0, 1.2 + 0.32 * len(order)))
+    sns.barplot(data=data, y="label", x=y, order=order, hue="label", palette=palette, estimator=estimator,
+                errorbar=None, legend=False, orient="h", ax=ax)
+    ax.set_ylabel("model")
+    ax.set_yticks(range(len(order)), [legend_label(label) for label in order])
+    return order
 
 
 def plot(df: pd.DataFrame, out: Path) -> list[Path]:
@@ -173,13 +177,20 @@ def plot(df: pd.DataFrame, out: Path) -> list[Path]:
             chance_lines(ax, ok[ok["task"] == t], t)
         scale = ", log2 scale" if lengths[-1] / lengths[0] >= 4 else ""
         ax.set_xlabel(f"evaluation sequence length (tokens{scale}; dotted: training length)")
-        ax.legend(title="model (band: min-max over seeds)" if ok["seed"].nunique() > 1 else "model",
+        handles, labels = ax.get_legend_handles_labels()
+        ax.legend(handles, [legend_label(label) for label in labels],
+                  title="model (band: min-max over seeds)" if ok["seed"].nunique() > 1 else "model",
                   loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+        ax.set_ylim(0, 105)
     elif not ok.empty:
         _bars(ax, ok, "accuracy (%)", palette)
         for c in ax.containers:
-            ax.bar_label(c, fmt="%.1f")
-    ax.set_ylim(0, 105)
+            ax.bar_label(c, labels=[pct_text(v) for v in c.datavalues], padding=2)
+        for t in ok["task"].dropna().unique():
+            chance_lines(ax, ok[ok["task"] == t], t, vertical=True)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
+        ax.set_xlim(0, 110)
     ax.set_title(f"Accuracy on scored positions ({task})")
     # No tight_layout: it would shrink the axes to fit the outside legend; save_figure crops around both.
     paths.append(save_figure(fig, out / "accuracy.png"))
@@ -195,13 +206,14 @@ def plot(df: pd.DataFrame, out: Path) -> list[Path]:
             continue
         fig, ax = plt.subplots(figsize=(8, 4))
         data = runs.assign(value=runs[col] / (2**20 if "mem" in col else 1))
-        _bars(ax, data, "value", palette, "median")
+        order = _bars(ax, data, "value", palette, "median")
         seeds = data.groupby("label")["seed"].nunique().max()
         if seeds > 1:  # the bar is the median; each run a dot, so the spread over seeds shows
-            order = [t.get_text() for t in ax.get_xticklabels()]
-            sns.stripplot(data=data, x="label", y="value", order=order, color="black", size=3, jitter=0.15, ax=ax)
-            ax.set_xlabel("model")
-        ax.set_ylabel(label)
+            sns.stripplot(data=data, y="label", x="value", order=order, color="black", size=3, jitter=0.15,
+                          orient="h", ax=ax)
+            ax.set_yticks(range(len(order)), [legend_label(o) for o in order])
+            ax.set_ylabel("model")
+        ax.set_xlabel(label)
         dev = ", ".join(sorted(runs["device"].dropna().unique()))
         what = " (bars: median over seeds; dots: runs)" if seeds > 1 else ""
         ax.set_title(f"{label.split(' (')[0].capitalize()} — {dev}{what}", fontsize=10)
