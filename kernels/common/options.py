@@ -8,16 +8,16 @@ continues under another), and recorded in every row (`kernel_options`) so a timi
                                              nn.Embedding (models/lm.py; the one-hot path for small vocabularies)
     SSMBENCH_SHIFT    = triton | torch       H3's shift SSM on CUDA: the Triton causal conv1d on x in place, or
                                              F.conv1d on a padded copy (models/layers/shift.py)
-    SSMBENCH_FFTCONV  = blh | bhl            S4's and Hyena's FFT convolution: along the time axis of [B, L, H] as
-                                             it comes, or on one transposed, zero-padded [B, H, 2L] copy
-                                             (models/layers/fftconv.py). Added in session 9, not yet timed on a
-                                             GPU, so the default is still the old path.
+    SSMBENCH_FFTCONV  = bhl | blh            S4's and Hyena's FFT convolution: on one transposed, zero-padded
+                                             [B, H, 2L] copy, or along the time axis of [B, L, H] as it comes
+                                             (models/layers/fftconv.py)
 
-The first value of each is the default. For the first four that is the faster path inside the graphed Table 1
-step on the H200 (stage step_options of `gpu_profile_all.sh`, session 9: all four together took Mamba's step from
-11.7 to 9.9 ms and H3's from 14.4 to 10.7; results/training/README.md); LEGACY is what every run trained with
-before that. Every choice gives the same numbers within float rounding (tests/kernels/test_causal_conv1d.py,
-tests/models/test_kernel_options.py, tests/models/test_fftconv.py).
+The first value of each is the default: the faster path inside the graphed Table 1 step on the H200 (stage
+step_options of `gpu_profile_all.sh`; session 9 for the first four, which together took Mamba's step from 11.7 to
+9.9 ms and H3's from 14.4 to 10.7; session 10 for the FFT layout, which took H3's from 10.7 to 9.1 and S4's from
+8.6 to 6.9; results/training/README.md). LEGACY is what every run trained with before session 9. Every choice
+gives the same numbers within float rounding (tests/kernels/test_causal_conv1d.py, tests/models/test_kernel_options.py,
+tests/models/test_fftconv.py).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ OPTIONS = {
     "SSMBENCH_RMSNORM": ("triton", "torch"),
     "SSMBENCH_EMBED": ("onehot", "gather"),
     "SSMBENCH_SHIFT": ("triton", "torch"),
-    "SSMBENCH_FFTCONV": ("blh", "bhl"),
+    "SSMBENCH_FFTCONV": ("bhl", "blh"),
 }
 # What every training call before session 9 used (and what a checkpoint without the field trained under).
 _LEGACY = {"SSMBENCH_CONV_BWD": "fused", "SSMBENCH_RMSNORM": "torch", "SSMBENCH_EMBED": "gather",
@@ -46,7 +46,7 @@ def option(name: str) -> str:
 
 
 def describe() -> str:
-    """All options as one row field: 'conv_bwd=two_pass,rmsnorm=triton,embed=onehot,shift=triton,fftconv=blh'."""
+    """All options as one row field: 'conv_bwd=two_pass,rmsnorm=triton,embed=onehot,shift=triton,fftconv=bhl'."""
     return _describe({name: option(name) for name in OPTIONS})
 
 

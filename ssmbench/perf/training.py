@@ -195,6 +195,7 @@ def summarize(folder: Path) -> str:
         fell_back = solo[solo["step_mode_reason"].fillna("") != ""]
         for _, r in fell_back.iterrows():
             lines.append(f"- {r['experiment']} {r['model']}: {r['step_mode_reason']}")
+    lines += tagged_lines(df)
     shared = df[df["tag"].fillna("").str.startswith("k")]
     if len(shared):
         kinds = shared["tag"].map(sharing_of)
@@ -214,6 +215,24 @@ def summarize(folder: Path) -> str:
     text = "\n".join(lines) + "\n"
     (folder / "summary.md").write_text(text)
     return text
+
+
+def tagged_lines(df) -> list[str]:
+    """Rows tagged with a setting (stage step_options: `SSMBENCH_FFTCONV-bhl`, `defaults`; stage compile:
+    `compile-default`), not with a sharing tag (kN-pI): ms per step by tag and model, and each tag's ratio to the
+    `defaults` tag (step_options) or the `compile-none` tag (compile) where the folder has one; under 1 is faster."""
+    tags = df["tag"].fillna("")
+    tagged = df[(tags != "") & ~tags.str.match(r"^k\d+-p\d+")]
+    if tagged.empty:
+        return []
+    table = tagged.pivot_table(index="tag", columns="model", values="ms_per_step")
+    lines = ["", "## By setting (tag), ms per step", "", table.round(3).to_markdown(), ""]
+    for base in ("defaults", "compile-none"):
+        if base in table.index:
+            family = [t for t in table.index if t.startswith("compile-") == base.startswith("compile-")]
+            ratio = table.loc[family] / table.loc[base]
+            lines += [f"## Ratio to `{base}` (under 1: faster)", "", ratio.round(3).to_markdown(), ""]
+    return lines
 
 
 def ensemble_lines(solo) -> list[str]:

@@ -126,10 +126,10 @@ def test_measure_then_train_trains_with_the_options_that_measured_faster(tmp_pat
     measure = tmp_path / "measure"
     rows_dir = measure / "step_options" / "rows"
     rows_dir.mkdir(parents=True)
-    bhl = DEFAULT.replace("fftconv=blh", "fftconv=bhl")
+    blh = DEFAULT.replace("fftconv=bhl", "fftconv=blh")  # the non-default layout
     rows_dir.joinpath("rows.json").write_text(json.dumps([
         {"experiment": "table1", "model": "h3", "ms_per_step": ms, "kernel_options": opts, "finite_loss": True}
-        for opts, ms in ((DEFAULT, 10.0), (bhl, 9.0))]))
+        for opts, ms in ((DEFAULT, 10.0), (blh, 9.0))]))
     study = tmp_path / "study.txt"
     study.write_text(f"a  {' '.join(tiny_overrides('s4'))} study=mtt device=cpu\n")
     out = tmp_path / "out"
@@ -141,9 +141,9 @@ def test_measure_then_train_trains_with_the_options_that_measured_faster(tmp_pat
                           str(tmp_path / "results")], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "options for the training: export SSMBENCH_FFTCONV=bhl" in res.stdout
+    assert "options for the training: export SSMBENCH_FFTCONV=blh" in res.stdout
     (row_file,) = (tmp_path / "results" / "mtt" / "rows").glob("*.json")
     row = json.loads(row_file.read_text())
     row = row[0] if isinstance(row, list) else row
-    assert "fftconv=bhl" in row["kernel_options"] and "fftconv=bhl" in row["train_kernel_options"]
+    assert "fftconv=blh" in row["kernel_options"] and "fftconv=blh" in row["train_kernel_options"]
     assert (out / "measure.tgz").exists()

@@ -65,3 +65,21 @@ def test_ensemble_rows_time_k_seeds_in_one_step_beside_the_solo_step(tmp_path, c
     text = summarize(tmp_path)
     assert "## Batched ensemble (k = 2 seeds in one step): ms per member-step" in text
     assert "eager / ensemble" in text
+
+
+def test_summary_gives_each_setting_tag_its_ratio_to_the_defaults(tmp_path):
+    # stage step_options tags its rows by the option changed (and `defaults`); stage compile by compile-<mode>
+    rows = [_row("defaults", 10.0), _row("SSMBENCH_FFTCONV-bhl", 8.0), _row("compile-none", 10.0),
+            _row("compile-default", 9.0), _row("k2-p0", 20.0)]
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "rows" / "all.json").write_text(json.dumps(rows))
+    text = summarize(tmp_path)
+    ratios = {}
+    for section in text.split("## ")[1:]:
+        title = section.splitlines()[0]
+        for line in section.splitlines():
+            cells = [c.strip() for c in line.split("|")[1:-1]]
+            if title.startswith("Ratio") and cells and cells[0] not in ("tag", "") and not cells[0].startswith(":"):
+                ratios[cells[0]] = float(cells[1])
+    assert ratios == {"SSMBENCH_FFTCONV-bhl": 0.8, "defaults": 1.0, "compile-default": 0.9, "compile-none": 1.0}
+    assert "k2-p0" not in text.split("## k processes")[0]  # a sharing tag is not a setting
