@@ -126,8 +126,9 @@ class MambaBlock(Block):
         # S6 takes the gate inside its scan (fused: one pass over y); other layers are gated here.
         self.fuse_gate = getattr(self.layer, "fuses_gate", False)
 
-    # "auto": the channel-major path (mix_channel_major) on CUDA for S6, the token-major one elsewhere;
-    # "channel"/"token" force one (tests compare them).
+    # "auto": the channel-major path (mix_channel_major) on CUDA for S6, and for an LTI layer (S4, Hyena) when
+    # SSMBENCH_MAMBA_LTI=channel (kernels/common/options.py); the token-major one elsewhere. "channel"/"token"
+    # force one (tests compare them).
     layout: str = "auto"
 
     def _conv(self, x):
@@ -138,9 +139,16 @@ class MambaBlock(Block):
     def _channel_major(self, x) -> bool:
         if self.layout not in ("auto", "channel", "token"):
             raise ValueError(f"MambaBlock.layout={self.layout!r} is not one of ('auto', 'channel', 'token')")
-        if not self.fuse_gate or self.layout == "token":
+        if self.layout == "token" or not hasattr(self.layer, "forward_channel_major"):
             return False
-        return self.layout == "channel" or x.is_cuda
+        if self.layout == "channel":
+            return True
+        if self.fuse_gate:
+            return x.is_cuda
+        # An LTI layer: PyTorch's depthwise conv and the transposes around it are slow on CUDA at Table 1's shape;
+        # the Triton conv of the channel-major path has no vmap rule, so not under the batched ensemble.
+        return (x.is_cuda and option("SSMBENCH_MAMBA_LTI") == "channel"
+                and not torch._C._functorch.is_batchedtensor(x))
 
     def mix(self, x):
         if self._channel_major(x):
@@ -166,7 +174,7 @@ class MambaBlock(Block):
         xi, z = rows_as_batched(xz[:E], Bsz), rows_as_batched(xz[E:], Bsz)  # [B, E, L] views
         # the conv follows the scan: its table row's step backend (Triton for "triton", "auto": Triton on CUDA)
         xc = causal_conv1d_fn(xi, self.conv.weight[:, 0], self.conv.bias, "silu",
-                              backend=decode_backend(self.layer.scan_backend))
+                              backend=decode_backend(getattr(self.layer, "scan_backend", "auto")))
         y, last = self.layer.forward_channel_major(xc, z, return_last_state=return_state)
         y2 = y.transpose(0, 1).reshape(E, Bsz * L)  # a view when y kept xc's [E, B, L] order
         out = F.linear(y2.t(), self.out_proj.weight, self.out_proj.bias).view(Bsz, L, -1)
@@ -189,7 +197,9 @@ class MambaBlock(Block):
 
     def mix_prefill(self, x, cache, rows=ALL_ROWS):
         conv_state, layer_cache = cache
-        if self._channel_major(x):  # the scan's own layout, and it hands back the state the steps continue from
+        # the scan's own layout, and it hands back the state the steps continue from (S6 only: an LTI layer's
+        # channel-major forward has no state to hand back)
+        if self.fuse_gate and self._channel_major(x):
             y, (tail, last) = self.mix_channel_major(x, return_state=True)
             conv_state[rows] = tail
             layer_cache[rows] = last

@@ -106,12 +106,14 @@ stage conv_bwd 90 $PY scripts/bench_conv1d_bwd.py --out "$OUT/conv_bwd/rows.csv"
 stage rmsnorm 90 $PY scripts/bench_rmsnorm.py --out "$OUT/rmsnorm/rows.csv"
 # the step's implementation choices (kernels/common/options.py) inside the real graphed Mamba step, one at a time and
 # all together against the defaults; rows tagged by the choice, each row's kernel_options says which ran
-# (the defaults, each legacy path alone, and all the legacy paths: the step before session 9)
-stage step_options 360 bash -c "for opts in '' SSMBENCH_FFTCONV=blh SSMBENCH_CONV_BWD=fused SSMBENCH_RMSNORM=torch \
+# (the defaults, the Mamba block's untimed channel-major path around LTI layers, each legacy path alone, and all the
+# legacy paths: the step before session 9)
+stage step_options 360 bash -c "for opts in '' SSMBENCH_MAMBA_LTI=channel SSMBENCH_FFTCONV=blh SSMBENCH_CONV_BWD=fused \
+  SSMBENCH_RMSNORM=torch \
   SSMBENCH_EMBED=gather SSMBENCH_SHIFT=torch \
   'SSMBENCH_CONV_BWD=fused SSMBENCH_RMSNORM=torch SSMBENCH_EMBED=gather SSMBENCH_SHIFT=torch SSMBENCH_FFTCONV=blh'; do
   tag=\$(echo \"\${opts:-defaults}\" | tr ' =' '+-'); env \$opts $PY -m ssmbench.perf.training --experiments \
-  ${STEP_OPTIONS_EXPERIMENTS:-table1} --models ${STEP_OPTIONS_MODELS:-mamba h3 hyena s4 mamba_s4} --modes graphs \
+  ${STEP_OPTIONS_EXPERIMENTS:-table1} --models ${STEP_OPTIONS_MODELS:-mamba h3 hyena s4 mamba_s4 mamba_hyena} --modes graphs \
   --steps 20 --repeats 3 --tag \"\$tag\" --out '$OUT/step_options/rows'; done"
 # trainer.compile (torch.compile of the forward and loss) against none, inside the graphed step; the first step of
 # each compiled model also pays the compile, which the warm-up steps absorb (COMPILE_MODELS narrows the models)
@@ -126,7 +128,8 @@ stage train_profile 300 bash -c "for m in ${PROFILE_MODELS-mamba s6_nogate h3 tr
 # every scan length last: under load (session 8, beside 21 training runs) the whole stage ran out of time at 420 s.
 stage kernel_tests 420 bash -c "$PY -m pytest -q -p no:cacheprovider -o addopts='' tests/kernels/test_vmap_kernels.py;
   $PY -m pytest -q -rA -p no:cacheprovider -o addopts='' -m gpu tests/ssmbench/test_ensemble.py \
-  tests/models/test_kernel_options.py tests/models/test_fftconv.py tests/kernels/test_rmsnorm.py \
+  tests/models/test_kernel_options.py tests/models/test_fftconv.py tests/models/test_mamba_lti_layout.py \
+  tests/kernels/test_rmsnorm.py \
   tests/kernels/test_causal_conv1d.py \
   tests/ssmbench/test_train_step.py tests/kernels/test_triton_scan.py tests/kernels/test_scan_lengths.py"
 stage ensemble 240 bash -c "$PY -m ssmbench.perf.training --experiments induction table1 --models mamba transformer \

@@ -11,6 +11,11 @@ continues under another), and recorded in every row (`kernel_options`) so a timi
     SSMBENCH_FFTCONV  = bhl | blh            S4's and Hyena's FFT convolution: on one transposed, zero-padded
                                              [B, H, 2L] copy, or along the time axis of [B, L, H] as it comes
                                              (models/layers/fftconv.py)
+    SSMBENCH_MAMBA_LTI = token | channel     the Mamba block around an LTI layer (S4, Hyena) on CUDA: token-major
+                                             (PyTorch's depthwise conv, the layer on [B, L, E]) or channel-major as
+                                             around S6 (projections as GEMMs on [channels, B * L], the Triton conv,
+                                             the FFT conv on [B, E, L] rows; models/blocks.py). Added in session 10,
+                                             not yet timed on a GPU, so the default is still the old path.
 
 The first value of each is the default: the faster path inside the graphed Table 1 step on the H200 (stage
 step_options of `gpu_profile_all.sh`; session 9 for the first four, which together took Mamba's step from 11.7 to
@@ -30,10 +35,11 @@ OPTIONS = {
     "SSMBENCH_EMBED": ("onehot", "gather"),
     "SSMBENCH_SHIFT": ("triton", "torch"),
     "SSMBENCH_FFTCONV": ("bhl", "blh"),
+    "SSMBENCH_MAMBA_LTI": ("token", "channel"),
 }
 # What every training call before session 9 used (and what a checkpoint without the field trained under).
 _LEGACY = {"SSMBENCH_CONV_BWD": "fused", "SSMBENCH_RMSNORM": "torch", "SSMBENCH_EMBED": "gather",
-           "SSMBENCH_SHIFT": "torch", "SSMBENCH_FFTCONV": "blh"}
+           "SSMBENCH_SHIFT": "torch", "SSMBENCH_FFTCONV": "blh", "SSMBENCH_MAMBA_LTI": "token"}
 
 
 def option(name: str) -> str:
@@ -46,7 +52,8 @@ def option(name: str) -> str:
 
 
 def describe() -> str:
-    """All options as one row field: 'conv_bwd=two_pass,rmsnorm=triton,embed=onehot,shift=triton,fftconv=bhl'."""
+    """All options as one row field: 'conv_bwd=two_pass,rmsnorm=triton,embed=onehot,shift=triton,fftconv=bhl,
+    mamba_lti=token'."""
     return _describe({name: option(name) for name in OPTIONS})
 
 

@@ -9,11 +9,16 @@ Two layouts, the same sums (SSMBENCH_FFTCONV, kernels/common/options.py; tests/m
           step spent ~2.7 ms of its 14.4 in such copies (results/training/README.md, session 9).
     bhl   one copy casts and transposes u into a zero-padded [B, H, 2L] float32 buffer; the transforms run along
           its last axis with no further copy, and D u is added to the result read transposed in place.
+
+`fft_causal_conv_rows` takes u as [B, H, L] rows instead, the layout of the Mamba block's channel-major path
+(models/blocks.py, SSMBENCH_MAMBA_LTI=channel): the padding copy is then a plain copy, with no transpose.
+`ChannelMajorConv` gives an LTI layer (S4, Hyena) that path's `forward_channel_major`.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ssmbench.kernels.common.options import option
 
@@ -39,12 +44,61 @@ def _blh(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None) -> torch.Tens
     return y if D is None else y + uf * D
 
 
+def _conv_rows(u_rows: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """u_rows [B, H, L] (any strides, any float dtype), k [H, L] -> causal_conv(u, k) [B, H, L] in k's dtype, a view
+    of the transform's [B, H, 2L] output. The only copy of u casts it into the first half of a zero buffer (the
+    padding), transposing it on the way if its rows are not contiguous."""
+    B, H, L = u_rows.shape
+    padded = u_rows.new_zeros(B, H, 2 * L, dtype=k.dtype)
+    padded[..., :L] = u_rows
+    return torch.fft.irfft(torch.fft.rfft(padded) * torch.fft.rfft(k, n=2 * L), n=2 * L)[..., :L]
+
+
+def fft_causal_conv_rows(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None) -> torch.Tensor:
+    """u [B, H, L] (rows along L, any strides: the channel-major view [B, E, L] of the Mamba block), k [H, L],
+    D [H] or None -> y [B, H, L] = causal_conv(u, k) + D u in float32 (float64 if k is float64): fft_causal_conv's
+    sums on the transposed layout."""
+    if u.dim() != 3 or k.dim() != 2 or k.shape != (u.shape[1], u.shape[2]):
+        raise ValueError(f"fft_causal_conv_rows: u must be [B, H, L] and k [H, L], got u {tuple(u.shape)} and "
+                         f"k {tuple(k.shape)}")
+    if D is not None and D.shape != (u.shape[1],):
+        raise ValueError(f"fft_causal_conv_rows: D must be [H] = [{u.shape[1]}], got {tuple(D.shape)}")
+    dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
+    y = _conv_rows(u, k.to(dtype))
+    if D is None:
+        return y
+    D = D.to(dtype)[:, None]
+    ud = u * D if torch.promote_types(u.dtype, D.dtype) == D.dtype else u.to(D.dtype) * D
+    return ud.add_(y)
+
+
+class ChannelMajorConv:
+    """For an LTI layer whose forward is y = fft_causal_conv(x, K, D) (S4, Hyena): the same map on the Mamba
+    block's channel-major rows [B, H, L], gated there by silu(z), with the S6 layer's `forward_channel_major`
+    signature, so that the block runs its channel-major path (the Triton conv, projections as GEMMs on
+    [channels, B * L]) around it too. The layer supplies `conv_kernel_and_D(L)` and `dropout`."""
+
+    def conv_kernel_and_D(self, L: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def forward_channel_major(self, x: torch.Tensor, z: torch.Tensor | None = None,
+                              return_last_state: bool = False):
+        """x, z: [B, H, L] -> (y [B, H, L] in x's dtype, gated by silu(z) when z is given; None). No last state: the
+        block's prefill takes its token-major path for LTI layers."""
+        if return_last_state:
+            raise ValueError(f"{type(self).__name__}.forward_channel_major hands back no last state; prefill an LTI "
+                             "layer through its token-major forward")
+        L = x.shape[-1]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            k, D = self.conv_kernel_and_D(L)
+            y = fft_causal_conv_rows(x, k, D)
+        y = self.dropout(y).to(x.dtype)
+        return (y if z is None else y * F.silu(z)), None
+
+
 def _bhl(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
-    B, L, H = u.shape
     # the only copy of u: cast and transpose in one kernel, into the first half of a zero buffer (the padding)
-    padded = u.new_zeros(B, H, 2 * L, dtype=k.dtype)
-    padded[..., :L] = u.transpose(1, 2)
-    y = torch.fft.irfft(torch.fft.rfft(padded) * torch.fft.rfft(k, n=2 * L), n=2 * L)[..., :L].transpose(1, 2)
+    y = _conv_rows(u.transpose(1, 2), k).transpose(1, 2)
     if D is None:
         return y.contiguous()
     # u * D first: its [B, L, H] layout is the one the sum's output takes (PyTorch follows the first operand);

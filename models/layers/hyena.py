@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .base import ALL_ROWS, KVCache, SequenceLayer, device_dtype, mark_ssm
-from .fftconv import fft_causal_conv
+from .fftconv import ChannelMajorConv, fft_causal_conv
 
 
 @dataclass
@@ -82,7 +82,7 @@ class ExponentialModulation(nn.Module):
         return x * (torch.exp(-t * self.deltas.abs()) + self.shift)
 
 
-class HyenaFilterLayer(SequenceLayer):
+class HyenaFilterLayer(ChannelMajorConv, SequenceLayer):
     """x [B, L, H] -> y [B, L, H]: causal long convolution with the implicit Hyena filter, plus D x.
 
     Parameters: the filter FFN's weights, biases and sin frequency, and D [H]; all go to the SSM optimizer group
@@ -130,10 +130,14 @@ class HyenaFilterLayer(SequenceLayer):
                 h = self.modulation(t, h)
         return h.T.float()
 
+    def conv_kernel_and_D(self, L: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The filter h [H, L] and skip D [H], float32 (call outside autocast)."""
+        return self.filter(L), self.D.float()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         L = x.shape[1]
         with torch.autocast(device_type=x.device.type, enabled=False):
-            y = fft_causal_conv(x, self.filter(L), self.D.float())
+            y = fft_causal_conv(x, *self.conv_kernel_and_D(L))
         return self.dropout(y).to(x.dtype)
 
     def allocate_cache(self, batch, max_len, device=None, dtype=None) -> KVCache:

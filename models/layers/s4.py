@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from .base import ALL_ROWS, SequenceLayer, device_dtype
-from .fftconv import fft_causal_conv
+from .fftconv import ChannelMajorConv, fft_causal_conv
 
 INITS = ("legs", "lin", "inv", "real", "nplr")
 
@@ -150,7 +150,7 @@ def dense_powers(dA: torch.Tensor, dB: torch.Tensor, L: int) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------------------------
 
-class S4Layer(SequenceLayer):
+class S4Layer(ChannelMajorConv, SequenceLayer):
     """LTI S4/S4D layer: x [B, L, H] -> y [B, L, H], channel-wise, causal, linear.
 
     Parameters (all fp32, all named from base.SSM_PARAM_NAMES):
@@ -281,11 +281,15 @@ class S4Layer(SequenceLayer):
 
     # -- the two views ------------------------------------------------------------------------------------------
 
+    def conv_kernel_and_D(self, L: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The convolution view's kernel K [H, L] and skip D [H], in the SSM's precision (call outside autocast)."""
+        return self.kernel(L), self._f(self.D)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, L, H] -> y [B, L, H]: y = causal_conv(x, K) + D x, FFT over 2L (no circular wrap-around)."""
         L = x.shape[1]
         with torch.autocast(device_type=x.device.type, enabled=False):
-            y = fft_causal_conv(x, self.kernel(L), self._f(self.D))  # kernel [H, L] in the SSM's precision
+            y = fft_causal_conv(x, *self.conv_kernel_and_D(L))
         return self.dropout(y).to(x.dtype)
 
     def allocate_cache(self, batch, max_len, device=None, dtype=None) -> torch.Tensor:
