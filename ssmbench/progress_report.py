@@ -35,6 +35,21 @@ def runs_in_progress(folder: str | Path) -> list[dict]:
     return runs
 
 
+def finished_runs(folder: str | Path) -> list[dict]:
+    """One dict per finished run of the study (its first row: model, seed, lr, history, task, config), for drawing
+    beside the runs in progress."""
+    runs = []
+    for path in sorted(Path(folder).glob("rows/*.json")):
+        try:
+            rows = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        rows = rows if isinstance(rows, list) else [rows]
+        if rows and isinstance(rows[0], dict):
+            runs.append(rows[0])
+    return runs
+
+
 def in_progress_table(runs: list[dict]) -> str:
     lines = ["| model | seed | lr | step | of | last held-out check (accuracy %) | resumes | updated | run |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -47,43 +62,57 @@ def in_progress_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def in_progress_plot(runs: list[dict], out: Path) -> Path | None:
+def in_progress_plot(runs: list[dict], out: Path, finished: list[dict] = ()) -> Path | None:
     """Held-out accuracy against step for each unfinished run, titled as not final: one panel per learning rate
     where the runs use several (a study that runs the paper's lr and a deviation beside it), colour by model, line
-    style by seed; a line ends at the run's last check, so how far each run has come reads off the x axis."""
+    style by seed; a line ends at the run's last check, so how far each run has come reads off the x axis. The
+    study's finished runs are drawn beside them, their curves ending in a star (their final numbers are the
+    report's), so that one figure holds every run of the study."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
     with_history = [r for r in runs if r.get("history")]
     if not with_history:
         return None
-    lrs = sorted({r.get("lr") for r in with_history}, key=lambda v: (v is None, v if v is not None else 0))
-    seeds = sorted({r.get("seed", 0) for r in with_history}, key=str)
+    done = [r for r in finished if r.get("history")]
+    everyone = with_history + done
+    lrs = sorted({r.get("lr") for r in everyone}, key=lambda v: (v is None, v if v is not None else 0))
+    seeds = sorted({r.get("seed", 0) for r in everyone}, key=str)
     fig, axes = plt.subplots(1, len(lrs), figsize=(4.6 * len(lrs) + 2.2, 4.2), sharey=True, squeeze=False)
     chance = _chance(with_history)
     for ax, lr in zip(axes[0], lrs):
         mine = [r for r in with_history if r.get("lr") == lr]
-        for r in sorted(mine, key=lambda r: (str(r.get("model")), str(r.get("seed", 0)))):
+        mine_done = [r for r in done if r.get("lr") == lr]
+        for r in sorted(mine + mine_done, key=lambda r: (str(r.get("model")), str(r.get("seed", 0)))):
             h = pd.DataFrame(r["history"])
+            colour = model_colour(str(r.get("model")))
             style = LINE_STYLES[seeds.index(r.get("seed", 0)) % len(LINE_STYLES)]
-            ax.plot(h["step"], 100 * h["accuracy"], color=model_colour(str(r.get("model"))), ls=style, lw=1.6,
+            ax.plot(h["step"], 100 * h["accuracy"], color=colour, ls=style, lw=1.6,
                     marker="o", ms=3)  # markers: a run with one check so far still shows
+            if r in mine_done:
+                ax.plot(h["step"].iloc[-1], 100 * h["accuracy"].iloc[-1], marker="*", ms=13, color=colour,
+                        mec="black", mew=0.6, zorder=5)
         if chance is not None:
             ax.axhline(100 * chance, color="grey", ls="--", lw=1)
         ax.set_xlabel("training step")
-        ax.set_title(f"lr {_lr_text(lr)} ({len(mine)} runs)", fontsize=10)
+        counts = f"{len(mine)} in progress" + (f", {len(mine_done)} finished" if mine_done else "")
+        ax.set_title(f"lr {_lr_text(lr)} ({counts})", fontsize=10)
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("held-out accuracy at the training length (%)")
-    models = sorted({str(r.get("model")) for r in with_history})
+    models = sorted({str(r.get("model")) for r in everyone})
     handles = [Line2D([], [], color=model_colour(m), lw=2, label=m) for m in models]
     if len(seeds) > 1:
         handles += [Line2D([], [], color="black", ls=LINE_STYLES[i % len(LINE_STYLES)], label=f"seed {s}")
                     for i, s in enumerate(seeds)]
+    if done:
+        handles.append(Line2D([], [], color="black", ls="", marker="*", ms=11,
+                              label="finished (final numbers: the report)"))
     if chance is not None:
         handles.append(Line2D([], [], color="grey", ls="--", lw=1, label=f"chance ({100 * chance:.1f}%)"))
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
-    fig.suptitle("Runs in progress (paused, continuing): not final results", fontsize=10)
+    title = "Runs in progress (paused, continuing): not final results"
+    fig.suptitle(title + ("; finished runs end in a star" if done else ""), fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out)
 
@@ -114,7 +143,7 @@ def write_in_progress(folder: str | Path) -> str:
         for stale in (folder / "plots").glob("in_progress.*"):
             stale.unlink()
         return ""
-    in_progress_plot(runs, folder / "plots" / "in_progress.png")
+    in_progress_plot(runs, folder / "plots" / "in_progress.png", finished_runs(folder))
     return ("## Runs in progress (not results)\n\nPaused runs continue from their checkpoints on the next call of "
             "the same command; these numbers are where they stand, not what they reach.\n\n"
             + in_progress_table(runs) + "\n\n![in progress](plots/in_progress.png)\n")

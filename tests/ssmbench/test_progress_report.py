@@ -42,3 +42,26 @@ def test_panel_titles_write_small_learning_rates_as_powers_of_ten():
     from ssmbench.progress_report import _lr_text
     assert [_lr_text(v) for v in (1e-4, 1e-3, 2e-4, 1.5e-4, 0.01, 0.1, None)] == \
         ["1e-4", "1e-3", "2e-4", "1.5e-4", "0.01", "0.1", "None"]
+
+
+def test_finished_runs_are_drawn_beside_the_paused_ones(tmp_path, monkeypatch):
+    # one figure holds every run of the study: the paused run's curve, and the finished one's ending in a star
+    from ssmbench import progress_report
+
+    history = [{"step": s, "accuracy": a, "loss": 1.0} for s, a in ((10, 0.2), (20, 0.5))]
+    run = tmp_path / "runs" / ("a" * 16)
+    run.mkdir(parents=True)
+    (run / "progress.json").write_text(json.dumps({"status": "paused", "step": 20, "history": history}))
+    (run / "run.json").write_text(json.dumps({"model": "h3", "steps": 100, "lr": 1e-3}))
+    (tmp_path / "rows").mkdir()
+    done = [{"model": "mamba", "seed": 0, "lr": 1e-3, "history": history + [{"step": 30, "accuracy": 1.0}]}]
+    (tmp_path / "rows" / ("b" * 16 + ".json")).write_text(json.dumps(done))
+    figures = []
+    monkeypatch.setattr(progress_report, "save_figure", lambda fig, png: figures.append(fig) or png)
+    write_in_progress(tmp_path)
+    (fig,) = figures
+    (ax,) = fig.axes
+    assert ax.get_title() == "lr 1e-3 (1 in progress, 1 finished)"
+    stars = [line for line in ax.get_lines() if line.get_marker() == "*"]
+    assert len(stars) == 1 and list(stars[0].get_xdata()) == [30] and list(stars[0].get_ydata()) == [100.0]
+    assert "finished (final numbers: the report)" in [t.get_text() for t in fig.legends[0].get_texts()]
