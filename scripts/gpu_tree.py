@@ -1,10 +1,11 @@
 """Keep the working tree small enough for a GPU call, which copies it and refuses a tree over 64 MiB.
 
 The tree carries every study's committed checkpoints and trained models (tens of MB), and a call that trains one
-study needs only that study's. So before a call, park the other studies' `.pt` files in `.gpu_stash/` (ignored by
-git, so the copy leaves it behind) and bring them back after:
+study needs only that study's unfinished runs. So before a call, park the other studies' `.pt` files, and the
+trained models of the named studies' finished runs (runs/<id>/model.pt beside rows/<id>.json: a call skips a
+finished run), in `.gpu_stash/` (ignored by git, so the copy leaves it behind) and bring them back after:
 
-    python scripts/gpu_tree.py stash table1 induction   # keep results/{table1,induction}/**/*.pt in the tree
+    python scripts/gpu_tree.py stash table1 induction   # keep the unfinished runs' .pt of results/{table1,induction}
     python scripts/gpu_tree.py restore                  # every parked file back where it was
     python scripts/gpu_tree.py size                     # what a call would copy now, against the limit
 
@@ -38,10 +39,22 @@ def tree_bytes(root: Path) -> int:
 
 
 def parkable(root: Path, keep: list[str]) -> list[Path]:
-    """Tracked .pt files under results/ outside the studies kept."""
+    """Tracked .pt files under results/ outside the studies kept, and inside them the trained models of finished
+    runs (results/<study>/runs/<id>/model.pt with a results/<study>/rows/<id>.json)."""
     out = subprocess.run(["git", "ls-files", "-z", "results"], cwd=root, check=True, capture_output=True).stdout
     rels = [Path(p) for p in out.decode().split("\0") if p.endswith(".pt")]
-    return [r for r in rels if (root / r).is_file() and not (len(r.parts) > 1 and r.parts[1] in keep)]
+    return [r for r in rels if (root / r).is_file() and not (_kept(r, keep) and not _finished_model(root, r))]
+
+
+def _kept(rel: Path, keep: list[str]) -> bool:
+    return len(rel.parts) > 1 and rel.parts[1] in keep
+
+
+def _finished_model(root: Path, rel: Path) -> bool:
+    """results/<study>/runs/<id>/model.pt of a run whose rows exist: a GPU call skips that run."""
+    parts = rel.parts
+    return (len(parts) == 5 and parts[2] == "runs" and parts[4] == "model.pt"
+            and (root / "results" / parts[1] / "rows" / f"{parts[3]}.json").is_file())
 
 
 def stash(root: Path, keep: list[str]) -> int:

@@ -48,6 +48,26 @@ def test_stash_keeps_named_studies_and_restore_puts_everything_back(tmp_path):
     assert mod.tree_bytes(root) == before
 
 
+def test_a_kept_study_parks_its_finished_runs_models_and_keeps_the_unfinished_runs_files(tmp_path):
+    # induction's run b has rows (finished: a call skips it); run d has none (paused: its files go along)
+    mod = _module()
+    root = _repo(tmp_path)
+    more = {"results/induction/runs/d/model.pt": b"D" * 900, "results/induction/runs/b/extra.pt": b"E"}
+    for rel, data in more.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run(git + ["add", "-A"], cwd=root, check=True)
+    subprocess.run(git + ["commit", "-qm", "more"], cwd=root, check=True)
+    assert mod.main(["stash", "table1", "induction"], root=root) == 0
+    assert not (root / "results/induction/runs/b/model.pt").exists()  # finished: parked
+    assert (root / "results/induction/runs/d/model.pt").exists()  # no rows: stays
+    assert (root / "results/induction/runs/b/extra.pt").exists()  # only a finished run's model.pt is parked
+    assert (root / "results/table1/runs/a/checkpoint.pt").exists()
+    assert mod.main(["restore"], root=root) == 0
+    assert (root / "results/induction/runs/b/model.pt").read_bytes() == b"B" * 5000
+
+
 def test_restore_never_overwrites_a_file_back_in_the_tree(tmp_path):
     mod = _module()
     root = _repo(tmp_path)
