@@ -212,9 +212,22 @@ def summarize(folder: Path) -> str:
                                                zip(agg["ms_per_step"], keys)]
         lines += ["", "## k processes sharing the GPU (median ms/step of one process)", "",
                   agg.round(3).to_markdown(index=False), ""]
+    lines += plot_lines(df, solo, folder)
     text = "\n".join(lines) + "\n"
     (folder / "summary.md").write_text(text)
     return text
+
+
+def plot_lines(df, solo, folder: Path) -> list[str]:
+    """Draws plots/step_time.png (the solo rows by step mode) and plots/settings_ratio.png (the setting tags against
+    their baselines) where the rows have them; returns the summary's lines that show them."""
+    from .training_plots import settings_ratio_plot, step_time_plot
+
+    tags = df["tag"].fillna("")
+    tagged = df[(tags != "") & ~tags.str.match(r"^k\d+-p\d+")]
+    paths = [step_time_plot(solo, folder / "plots") if len(solo) else None,
+             settings_ratio_plot(tagged, folder / "plots") if len(tagged) else None]
+    return ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in paths if p] if any(paths) else []
 
 
 def tagged_lines(df) -> list[str]:

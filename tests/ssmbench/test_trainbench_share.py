@@ -83,3 +83,26 @@ def test_summary_gives_each_setting_tag_its_ratio_to_the_defaults(tmp_path):
                 ratios[cells[0]] = float(cells[1])
     assert ratios == {"SSMBENCH_FFTCONV-bhl": 0.8, "defaults": 1.0, "compile-default": 0.9, "compile-none": 1.0}
     assert "k2-p0" not in text.split("## k processes")[0]  # a sharing tag is not a setting
+
+
+def test_summary_draws_the_step_times_and_the_settings_ratios(tmp_path):
+    solo = [{**_row("", ms), "mode_asked": mode, "model": model}
+            for model, mode, ms in (("mamba", "eager", 8.0), ("mamba", "graphs", 0.6), ("h3", "graphs", 1.0))]
+    tagged = [_row("defaults", 10.0), _row("SSMBENCH_FFTCONV-bhl+SSMBENCH_SHIFT-torch", 8.0)]
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "rows" / "all.json").write_text(json.dumps(solo + tagged))
+    text = summarize(tmp_path)
+    assert "![step_time](plots/step_time.png)" in text and "![settings_ratio](plots/settings_ratio.png)" in text
+    for name in ("step_time", "settings_ratio"):
+        assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 1000
+    from ssmbench.perf.training_plots import _setting_label
+    assert _setting_label("SSMBENCH_FFTCONV-bhl+SSMBENCH_SHIFT-torch  (/ defaults)") == \
+        "FFTCONV=bhl, SHIFT=torch\n(against defaults)"
+
+
+def test_a_summary_without_solo_or_setting_rows_draws_nothing(tmp_path):
+    rows = [_row(f"k2-p{i}", 2.0) for i in range(2)]
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "rows" / "all.json").write_text(json.dumps(rows))
+    assert "## Plots" not in summarize(tmp_path)
+    assert not (tmp_path / "plots").exists()
