@@ -14,6 +14,8 @@ total=${1:?total seconds for measuring and training}; list=${2:?study file}; roo
 here=$(dirname "$0")
 py=${PYTHON:-python3}
 measure=${MEASURE_OUT:-/tmp/measure}
+# the study file and NAMES first: a typo found after the measurement would leave the call nothing to train
+CHECK_ONLY=1 bash "$here/gpu_parallel.sh" "$list" 0 "$root" || exit 2
 t0=$SECONDS
 STAGES=${MEASURE_STAGES:-step_options} PYTHON="$py" bash "$here/gpu_profile_all.sh" "$measure" \
   >"${measure}.log" 2>&1 || echo "# gpu_profile_all.sh exited non-zero: see ${measure}.log"

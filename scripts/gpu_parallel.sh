@@ -3,7 +3,8 @@
 # this call; a run not done checkpoints and pauses, and calling this again continues every unfinished run and
 # skips the finished ones (durable runs, README "Long runs, in pieces").
 #   bash scripts/gpu_parallel.sh scripts/studies/induction.txt BUDGET_S [RESULTS_ROOT] [extra overrides...]
-# (PYTHON=.venv/bin/python to use a virtualenv's ssmbench; NAMES=a,b trains only those runs of the file)
+# (PYTHON=.venv/bin/python to use a virtualenv's ssmbench; NAMES=a,b trains only those runs of the file, and a name
+# that is no run of it is an error before anything starts; CHECK_ONLY=1 checks the arguments and exits)
 # On a host with several GPUs the runs are spread round-robin, one GPU per process through CUDA_VISIBLE_DEVICES
 # (GPUS=N overrides the count nvidia-smi gives; each piece's log starts with a line naming its GPU).
 # The study file holds one run a line: a name, then that run's ssmbench arguments (experiment=... sets the
@@ -19,6 +20,18 @@ set -uo pipefail
 list=${1:?study file}; budget=${2:?budget in seconds}; root=${3:-results}; shift 3 || shift $#
 here=$(dirname "$0")
 py=${PYTHON:-python3}  # the interpreter that has ssmbench installed
+[ -f "$list" ] || { echo "gpu_parallel.sh: no study file $list" >&2; exit 2; }
+# A name in NAMES that is no run of the file would train nothing, silently, and cost a GPU call: refuse it first.
+if [ -n "${NAMES:-}" ]; then
+  known=$(awk '$1 != "" && $1 !~ /^#/ {print $1}' "$list")
+  for name in ${NAMES//,/ }; do
+    if ! grep -qxF -- "$name" <<<"$known"; then
+      echo "gpu_parallel.sh: NAMES has '$name', which is no run of $list; its runs:" $known >&2
+      exit 2
+    fi
+  done
+fi
+[ "${CHECK_ONLY:-0}" = 1 ] && exit 0  # gpu_measure_then_train.sh checks its arguments before it measures
 # THREADS=1 trains the runs given to one GPU in one process, one thread and CUDA stream each (ssmbench.multirun),
 # so their kernels can overlap without MPS; the process's own output goes to <study>/multirun_gpu<k>.out.
 # ENSEMBLE=1 trains the runs that differ only in their seed as one batched ensemble (ssmbench.ensemble_run: one

@@ -147,3 +147,22 @@ def test_measure_then_train_trains_with_the_options_that_measured_faster(tmp_pat
     row = row[0] if isinstance(row, list) else row
     assert "fftconv=blh" in row["kernel_options"] and "fftconv=blh" in row["train_kernel_options"]
     assert (out / "measure.tgz").exists()
+
+
+def test_a_name_that_is_no_run_of_the_study_is_refused_before_anything_starts(tmp_path):
+    # a typo in NAMES used to train nothing for that run, silently, and cost the GPU call
+    study = tmp_path / "study.txt"
+    study.write_text("# a comment\nalpha  model=s4\nbeta   model=h3\n")
+    env = {**os.environ, "PYTHON": sys.executable, "NAMES": "alpha,bta", "MEASURE_OUT": str(tmp_path / "m"),
+           "MEASURE_STAGES": "none"}
+    for script, args in (("gpu_parallel.sh", [str(study), "60", str(tmp_path / "r")]),
+                         ("gpu_measure_then_train.sh", ["60", str(study), str(tmp_path / "r")])):
+        res = subprocess.run(["bash", str(REPO / "scripts" / script), *args], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2, (script, res.stdout, res.stderr)
+        assert "NAMES has 'bta', which is no run of" in res.stderr and "alpha beta" in res.stderr, res.stderr
+        assert not (tmp_path / "r").exists() and not (tmp_path / "m").exists()  # nothing trained or measured
+    res = subprocess.run(["bash", str(REPO / "scripts" / "gpu_parallel.sh"), str(study), "60", str(tmp_path / "r")],
+                         cwd=tmp_path, env={**env, "NAMES": "alpha", "CHECK_ONLY": "1"}, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0 and not (tmp_path / "r").exists(), res.stderr
