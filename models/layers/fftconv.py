@@ -26,14 +26,24 @@ from ssmbench.kernels.common.options import option
 def fft_causal_conv(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None = None) -> torch.Tensor:
     """u [B, L, H] (any float dtype), k [H, L], D [H] or None -> y [B, L, H] in float32 (float64 if k is float64);
     contiguous under bhl, while blh's result keeps the FFT's [B, H, L] memory order (a later op pays for that)."""
-    if u.dim() != 3 or k.dim() != 2 or k.shape != (u.shape[2], u.shape[1]):
-        raise ValueError(f"fft_causal_conv: u must be [B, L, H] and k [H, L], got u {tuple(u.shape)} and "
-                         f"k {tuple(k.shape)}")
-    if D is not None and D.shape != (u.shape[2],):
-        raise ValueError(f"fft_causal_conv: D must be [H] = [{u.shape[2]}], got {tuple(D.shape)}")
-    dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
+    _check_shapes("fft_causal_conv", "[B, L, H]", u, k, D, time_dim=1)
+    dtype = _dtype(k)
     layout = option("SSMBENCH_FFTCONV")
     return (_bhl if layout == "bhl" else _blh)(u, k.to(dtype), None if D is None else D.to(dtype))
+
+
+def _check_shapes(fn: str, layout: str, u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None, time_dim: int):
+    """u 3-D in `layout` (time on `time_dim`, channels on the other of dims 1, 2), k [H, L], D [H] or None; else a
+    ValueError naming the function and the shapes."""
+    if u.dim() != 3 or k.dim() != 2 or k.shape != (u.shape[3 - time_dim], u.shape[time_dim]):
+        raise ValueError(f"{fn}: u must be {layout} and k [H, L], got u {tuple(u.shape)} and k {tuple(k.shape)}")
+    if D is not None and D.shape != (u.shape[3 - time_dim],):
+        raise ValueError(f"{fn}: D must be [H] = [{u.shape[3 - time_dim]}], got {tuple(D.shape)}")
+
+
+def _dtype(k: torch.Tensor) -> torch.dtype:
+    """The convolution's precision: float32 whatever the inputs' dtype, float64 where k is (the reference mode)."""
+    return torch.float64 if k.dtype == torch.float64 else torch.float32
 
 
 def _blh(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
@@ -58,15 +68,13 @@ def fft_causal_conv_rows(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | Non
     """u [B, H, L] (rows along L, any strides: the channel-major view [B, E, L] of the Mamba block), k [H, L],
     D [H] or None -> y [B, H, L] = causal_conv(u, k) + D u in float32 (float64 if k is float64): fft_causal_conv's
     sums on the transposed layout."""
-    if u.dim() != 3 or k.dim() != 2 or k.shape != (u.shape[1], u.shape[2]):
-        raise ValueError(f"fft_causal_conv_rows: u must be [B, H, L] and k [H, L], got u {tuple(u.shape)} and "
-                         f"k {tuple(k.shape)}")
-    if D is not None and D.shape != (u.shape[1],):
-        raise ValueError(f"fft_causal_conv_rows: D must be [H] = [{u.shape[1]}], got {tuple(D.shape)}")
-    dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
+    _check_shapes("fft_causal_conv_rows", "[B, H, L]", u, k, D, time_dim=2)
+    dtype = _dtype(k)
     y = _conv_rows(u, k.to(dtype))
     if D is None:
         return y
+    # u * D first: the sum takes u's memory order (PyTorch follows the first operand), which for the bhl layout's
+    # transposed view is [B, L, H]; a half-precision u is promoted inside the product, so it costs no cast of its own
     D = D.to(dtype)[:, None]
     ud = u * D if torch.promote_types(u.dtype, D.dtype) == D.dtype else u.to(D.dtype) * D
     return ud.add_(y)
@@ -97,11 +105,6 @@ class ChannelMajorConv:
 
 
 def _bhl(u: torch.Tensor, k: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
-    # the only copy of u: cast and transpose in one kernel, into the first half of a zero buffer (the padding)
-    y = _conv_rows(u.transpose(1, 2), k).transpose(1, 2)
-    if D is None:
-        return y.contiguous()
-    # u * D first: its [B, L, H] layout is the one the sum's output takes (PyTorch follows the first operand);
-    # a half-precision u is promoted inside the product, so it costs no cast of its own
-    ud = u * D if torch.promote_types(u.dtype, D.dtype) == D.dtype else u.to(D.dtype) * D
-    return ud.add_(y)
+    # the rows convolution on u's transposed view: its only copy of u casts and transposes in one kernel; with D the
+    # result already has u's [B, L, H] order (contiguous() is then a no-op), without it one copy puts it there
+    return fft_causal_conv_rows(u.transpose(1, 2), k, D).transpose(1, 2).contiguous()

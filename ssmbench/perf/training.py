@@ -223,28 +223,46 @@ def plot_lines(df, solo, folder: Path) -> list[str]:
     their baselines) where the rows have them; returns the summary's lines that show them."""
     from .training_plots import settings_ratio_plot, step_time_plot
 
-    tags = df["tag"].fillna("")
-    tagged = df[(tags != "") & ~tags.str.match(r"^k\d+-p\d+")]
+    tagged = setting_rows(df)
     paths = [step_time_plot(solo, folder / "plots") if len(solo) else None,
              settings_ratio_plot(tagged, folder / "plots") if len(tagged) else None]
     return ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in paths if p] if any(paths) else []
 
 
-def tagged_lines(df) -> list[str]:
-    """Rows tagged with a setting (stage step_options: `SSMBENCH_FFTCONV-bhl`, `defaults`; stage compile:
-    `compile-default`), not with a sharing tag (kN-pI): ms per step by tag and model, and each tag's ratio to the
-    `defaults` tag (step_options) or the `compile-none` tag (compile) where the folder has one; under 1 is faster."""
+# The baseline tag of each family of setting tags: step_options rows against `defaults`, compile rows against
+# `compile-none` (scripts/gpu_profile_all.sh).
+BASELINES = ("defaults", "compile-none")
+
+
+def setting_rows(df):
+    """The rows tagged with a setting (stage step_options: `SSMBENCH_FFTCONV-bhl`, `defaults`; stage compile:
+    `compile-default`), not with a sharing tag (kN-pI) or none."""
     tags = df["tag"].fillna("")
-    tagged = df[(tags != "") & ~tags.str.match(r"^k\d+-p\d+")]
+    return df[(tags != "") & ~tags.str.match(r"^k\d+-p\d+")]
+
+
+def setting_ratios(tagged) -> dict:
+    """{baseline tag: ms per step of each tag of its family (the baseline's own row included) / the baseline's,
+    tags x models} for the baselines the rows hold; under 1 is faster."""
+    table = tagged.pivot_table(index="tag", columns="model", values="ms_per_step")
+    ratios = {}
+    for base in BASELINES:
+        if base in table.index:
+            family = [t for t in table.index if t.startswith("compile-") == base.startswith("compile-")]
+            ratios[base] = table.loc[family] / table.loc[base]
+    return ratios
+
+
+def tagged_lines(df) -> list[str]:
+    """ms per step by setting tag and model (setting_rows), and each tag's ratio to its baseline where the folder
+    has one."""
+    tagged = setting_rows(df)
     if tagged.empty:
         return []
     table = tagged.pivot_table(index="tag", columns="model", values="ms_per_step")
     lines = ["", "## By setting (tag), ms per step", "", table.round(3).to_markdown(), ""]
-    for base in ("defaults", "compile-none"):
-        if base in table.index:
-            family = [t for t in table.index if t.startswith("compile-") == base.startswith("compile-")]
-            ratio = table.loc[family] / table.loc[base]
-            lines += [f"## Ratio to `{base}` (under 1: faster)", "", ratio.round(3).to_markdown(), ""]
+    for base, ratio in setting_ratios(tagged).items():
+        lines += [f"## Ratio to `{base}` (under 1: faster)", "", ratio.round(3).to_markdown(), ""]
     return lines
 
 

@@ -11,10 +11,6 @@ import pandas as pd
 
 from ..plots import model_colour, save_figure
 
-# The baseline tag of each family of setting tags: step_options rows against `defaults`, compile rows against
-# `compile-none` (scripts/gpu_profile_all.sh).
-BASELINES = ("defaults", "compile-none")
-
 
 def step_time_plot(solo: pd.DataFrame, out: Path) -> Path | None:
     """ms per step for each (experiment, model), one bar per step mode (eager hatched, graphs solid), in the
@@ -56,12 +52,10 @@ def settings_ratio_plot(tagged: pd.DataFrame, out: Path) -> Path | None:
     import seaborn as sns
     from matplotlib.colors import TwoSlopeNorm
 
-    table = tagged.pivot_table(index="tag", columns="model", values="ms_per_step")
-    ratios = []
-    for base in BASELINES:
-        if base in table.index:
-            family = [t for t in table.index if t != base and t.startswith("compile-") == base.startswith("compile-")]
-            ratios.append((table.loc[family] / table.loc[base]).rename(index=lambda t, b=base: f"{t}  (/ {b})"))
+    from .training import setting_ratios
+
+    ratios = [r.drop(index=base).rename(index=lambda t, b=base: f"{t}  (/ {b})")
+              for base, r in setting_ratios(tagged).items()]
     if not ratios:
         return None
     ratio = pd.concat(ratios)

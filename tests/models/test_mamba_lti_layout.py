@@ -11,6 +11,7 @@ import torch
 from ssmbench.models.blocks import MambaBlock
 from ssmbench.models.layers.fftconv import fft_causal_conv, fft_causal_conv_rows
 
+from .test_mamba_layouts import assert_layouts_agree
 from .test_zoo import VOCAB, build
 
 LTI_LAYERS = [{"name": "s4", "d_state": 8, "init": "legs"}, {"name": "s4", "d_state": 8, "init": "real"},
@@ -29,20 +30,7 @@ def _model(layer):
 def test_channel_major_matches_token_major_around_an_lti_layer(layer, L):
     torch.manual_seed(0)
     model, blocks = _model(layer)
-    tokens = torch.randint(0, VOCAB, (3, L))
-    outs, grads = {}, {}
-    for layout in ("token", "channel"):
-        for b in blocks:
-            b.layout = layout
-        model.zero_grad()
-        y = model(tokens)
-        y.float().pow(2).mean().backward()
-        outs[layout] = y.detach()
-        grads[layout] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    torch.testing.assert_close(outs["channel"], outs["token"], rtol=1e-5, atol=1e-5)
-    assert grads["channel"].keys() == grads["token"].keys() and grads["token"]
-    for n in grads["token"]:
-        torch.testing.assert_close(grads["channel"][n], grads["token"][n], rtol=1e-4, atol=1e-5, msg=n)
+    assert_layouts_agree(model, blocks, torch.randint(0, VOCAB, (3, L)))
 
 
 def test_auto_stays_token_major_on_the_cpu_and_the_option_is_checked(monkeypatch):

@@ -51,12 +51,18 @@ def many_variants(tmp_path_factory):
     return load_frame(root / "study", ()), root / "plots"
 
 
-def test_learning_curve_panels_keep_their_width_beside_a_long_legend(many_variants, monkeypatch):
+def _drawn(draw, many_variants, monkeypatch):
+    """The one figure `draw(df, out)` makes, kept instead of saved."""
     df, out = many_variants
     figures = []
     monkeypatch.setattr(plots, "save_figure", lambda fig, png: figures.append(fig) or png)
-    plots.learning_curves(df, out)
+    draw(df, out)
     (fig,) = figures
+    return fig
+
+
+def test_learning_curve_panels_keep_their_width_beside_a_long_legend(many_variants, monkeypatch):
+    fig = _drawn(plots.learning_curves, many_variants, monkeypatch)
     widths = [ax.get_position().width for ax in fig.axes]
     assert min(widths) > 0.3, widths  # two panels side by side, each well over a quarter of the figure
     legend_texts = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
@@ -64,12 +70,7 @@ def test_learning_curve_panels_keep_their_width_beside_a_long_legend(many_varian
 
 
 def test_extrapolation_axes_span_the_figure_with_the_legend_below(many_variants, monkeypatch):
-    df, out = many_variants
-    figures = []
-    monkeypatch.setattr(plots, "save_figure", lambda fig, png: figures.append(fig) or png)
-    plots.induction_extrapolation(df, out)
-    (fig,) = figures
-    (ax,) = fig.axes
+    (ax,) = _drawn(plots.induction_extrapolation, many_variants, monkeypatch).axes
     assert ax.get_position().width > 0.75
     legend = ax.get_legend()
     assert legend is not None and legend.get_window_extent().y1 < ax.get_window_extent().y0  # under the axes
