@@ -177,7 +177,9 @@ def plot(df: pd.DataFrame, out: Path) -> list[Path]:
             chance_lines(ax, ok[ok["task"] == t], t)
         scale = ", log2 scale" if lengths[-1] / lengths[0] >= 4 else ""
         ax.set_xlabel(f"evaluation sequence length (tokens{scale}; dotted: training length)")
-        handles, labels = ax.get_legend_handles_labels()
+        # the models in name order (seaborn gives them in order of appearance), the marks and chance after them
+        entries = sorted(zip(*ax.get_legend_handles_labels()), key=lambda e: (e[1] not in palette, e[1]))
+        handles, labels = [h for h, _ in entries], [label for _, label in entries]
         ax.legend(handles, [legend_label(label) for label in labels],
                   title="model (band: min-max over seeds)" if ok["seed"].nunique() > 1 else "model",
                   loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
