@@ -106,12 +106,11 @@ stage conv_bwd 90 $PY scripts/bench_conv1d_bwd.py --out "$OUT/conv_bwd/rows.csv"
 stage rmsnorm 90 $PY scripts/bench_rmsnorm.py --out "$OUT/rmsnorm/rows.csv"
 # the step's implementation choices (kernels/common/options.py) inside the real graphed Mamba step, one at a time and
 # all together against the defaults; rows tagged by the choice, each row's kernel_options says which ran
-# (the defaults, the Mamba block's untimed channel-major path around LTI layers, each legacy path alone, and all the
-# legacy paths: the step before session 9)
-stage step_options 360 bash -c "for opts in '' SSMBENCH_MAMBA_LTI=channel SSMBENCH_FFTCONV=blh SSMBENCH_CONV_BWD=fused \
+# (the defaults, each legacy path alone, and all the legacy paths: the step before session 9)
+stage step_options 360 bash -c "for opts in '' SSMBENCH_MAMBA_LTI=token SSMBENCH_FFTCONV=blh SSMBENCH_CONV_BWD=fused \
   SSMBENCH_RMSNORM=torch \
   SSMBENCH_EMBED=gather SSMBENCH_SHIFT=torch \
-  'SSMBENCH_CONV_BWD=fused SSMBENCH_RMSNORM=torch SSMBENCH_EMBED=gather SSMBENCH_SHIFT=torch SSMBENCH_FFTCONV=blh'; do
+  'SSMBENCH_CONV_BWD=fused SSMBENCH_RMSNORM=torch SSMBENCH_EMBED=gather SSMBENCH_SHIFT=torch SSMBENCH_FFTCONV=blh SSMBENCH_MAMBA_LTI=token'; do
   tag=\$(echo \"\${opts:-defaults}\" | tr ' =' '+-'); env \$opts $PY -m ssmbench.perf.training --experiments \
   ${STEP_OPTIONS_EXPERIMENTS:-table1} --models ${STEP_OPTIONS_MODELS:-mamba h3 hyena s4 mamba_s4 mamba_hyena} --modes graphs \
   --steps 20 --repeats 3 --tag \"\$tag\" --out '$OUT/step_options/rows'; done"

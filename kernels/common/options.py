@@ -11,16 +11,16 @@ continues under another), and recorded in every row (`kernel_options`) so a timi
     SSMBENCH_FFTCONV  = bhl | blh            S4's and Hyena's FFT convolution: on one transposed, zero-padded
                                              [B, H, 2L] copy, or along the time axis of [B, L, H] as it comes
                                              (models/layers/fftconv.py)
-    SSMBENCH_MAMBA_LTI = token | channel     the Mamba block around an LTI layer (S4, Hyena) on CUDA: token-major
-                                             (PyTorch's depthwise conv, the layer on [B, L, E]) or channel-major as
-                                             around S6 (projections as GEMMs on [channels, B * L], the Triton conv,
-                                             the FFT conv on [B, E, L] rows; models/blocks.py). Added in session 10,
-                                             not yet timed on a GPU, so the default is still the old path.
+    SSMBENCH_MAMBA_LTI = channel | token     the Mamba block around an LTI layer (S4, Hyena) on CUDA: channel-major
+                                             as around S6 (projections as GEMMs on [channels, B * L], the Triton
+                                             conv, the FFT conv on [B, E, L] rows; models/blocks.py) or token-major
+                                             (PyTorch's depthwise conv, the layer on [B, L, E])
 
 The first value of each is the default: the faster path inside the graphed Table 1 step on the H200 (stage
 step_options of `gpu_profile_all.sh`; session 9 for the first four, which together took Mamba's step from 11.7 to
 9.9 ms and H3's from 14.4 to 10.7; session 10 for the FFT layout, which took H3's from 10.7 to 9.1 and S4's from
-8.6 to 6.9; results/training/README.md). LEGACY is what every run trained with before session 9. Every choice
+8.6 to 6.9; session 11 for the Mamba block's layout around LTI layers, which took Mamba-S4's from 17.3 to 13.1
+and Mamba-Hyena's from 16.4 to 12.1; results/training/README.md). LEGACY is what every run trained with before session 9. Every choice
 gives the same numbers within float rounding (tests/kernels/test_causal_conv1d.py, tests/models/test_kernel_options.py,
 tests/models/test_fftconv.py).
 """
@@ -35,7 +35,7 @@ OPTIONS = {
     "SSMBENCH_EMBED": ("onehot", "gather"),
     "SSMBENCH_SHIFT": ("triton", "torch"),
     "SSMBENCH_FFTCONV": ("bhl", "blh"),
-    "SSMBENCH_MAMBA_LTI": ("token", "channel"),
+    "SSMBENCH_MAMBA_LTI": ("channel", "token"),
 }
 # What every training call before session 9 used (and what a checkpoint without the field trained under).
 _LEGACY = {"SSMBENCH_CONV_BWD": "fused", "SSMBENCH_RMSNORM": "torch", "SSMBENCH_EMBED": "gather",
@@ -53,7 +53,7 @@ def option(name: str) -> str:
 
 def describe() -> str:
     """All options as one row field: 'conv_bwd=two_pass,rmsnorm=triton,embed=onehot,shift=triton,fftconv=bhl,
-    mamba_lti=token'."""
+    mamba_lti=channel'."""
     return _describe({name: option(name) for name in OPTIONS})
 
 

@@ -35,7 +35,7 @@ def test_defaults_and_description(monkeypatch):
     for name in OPTIONS:
         monkeypatch.delenv(name, raising=False)
     assert describe() == DEFAULT == ("conv_bwd=two_pass,rmsnorm=triton,embed=onehot,shift=triton,fftconv=bhl,"
-                                     "mamba_lti=token")
+                                     "mamba_lti=channel")
     assert LEGACY == "conv_bwd=fused,rmsnorm=torch,embed=gather,shift=torch,fftconv=blh,mamba_lti=token"
     monkeypatch.setenv("SSMBENCH_EMBED", "gather")
     assert option("SSMBENCH_EMBED") == "gather" and "embed=gather" in describe()

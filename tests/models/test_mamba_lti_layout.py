@@ -42,7 +42,7 @@ def test_auto_stays_token_major_on_the_cpu_and_the_option_is_checked(monkeypatch
     assert blocks[0]._channel_major(x)
     monkeypatch.setenv("SSMBENCH_MAMBA_LTI", "rows")
     blocks[0].layout = "auto"
-    with pytest.raises(ValueError, match=r"SSMBENCH_MAMBA_LTI='rows' is not one of \('token', 'channel'\)"):
+    with pytest.raises(ValueError, match=r"SSMBENCH_MAMBA_LTI='rows' is not one of \('channel', 'token'\)"):
         blocks[0]._channel_major(x.cuda() if torch.cuda.is_available() else _FakeCuda(x))
 
 
