@@ -36,8 +36,8 @@ def runs_in_progress(folder: str | Path) -> list[dict]:
 
 
 def finished_runs(folder: str | Path) -> list[dict]:
-    """One dict per finished run of the study (its first row: model, seed, lr, history, task, config), for drawing
-    beside the runs in progress."""
+    """One dict per finished run of the study (its row at the training length, else its first: model, seed, lr,
+    steps, accuracy, history, task, config), for drawing beside the runs in progress."""
     runs = []
     for path in sorted(Path(folder).glob("rows/*.json")):
         try:
@@ -45,8 +45,10 @@ def finished_runs(folder: str | Path) -> list[dict]:
         except (OSError, ValueError):
             continue
         rows = rows if isinstance(rows, list) else [rows]
-        if rows and isinstance(rows[0], dict):
-            runs.append(rows[0])
+        rows = [r for r in rows if isinstance(r, dict)]
+        if rows:
+            at_train = [r for r in rows if r.get("eval_len") is not None and r.get("eval_len") == r.get("train_len")]
+            runs.append((at_train or rows)[0])
     return runs
 
 
@@ -90,8 +92,13 @@ def in_progress_plot(runs: list[dict], out: Path, finished: list[dict] = ()) -> 
             ax.plot(h["step"], 100 * h["accuracy"], color=colour, ls=style, lw=1.6,
                     marker="o", ms=3)  # markers: a run with one check so far still shows
             if r in mine_done:
-                ax.plot(h["step"].iloc[-1], 100 * h["accuracy"].iloc[-1], marker="*", ms=13, color=colour,
-                        mec="black", mew=0.6, zorder=5)
+                # the star is the run's final evaluation (its row), which can differ from its last check: a dotted
+                # line joins them (a run that collapsed after its last check reads as such)
+                end = _final_point(r, h)
+                if end != (h["step"].iloc[-1], h["accuracy"].iloc[-1]):
+                    ax.plot([h["step"].iloc[-1], end[0]], [100 * h["accuracy"].iloc[-1], 100 * end[1]],
+                            color=colour, ls=":", lw=1.2)
+                ax.plot(end[0], 100 * end[1], marker="*", ms=13, color=colour, mec="black", mew=0.6, zorder=5)
         if chance is not None:
             ax.axhline(100 * chance, color="grey", ls="--", lw=1)
         ax.set_xlabel("training step")
@@ -107,7 +114,7 @@ def in_progress_plot(runs: list[dict], out: Path, finished: list[dict] = ()) -> 
                     for i, s in enumerate(seeds)]
     if done:
         handles.append(Line2D([], [], color="black", ls="", marker="*", ms=11,
-                              label="finished (final numbers: the report)"))
+                              label="finished: final evaluation (the report)"))
     if chance is not None:
         handles.append(Line2D([], [], color="grey", ls="--", lw=1, label=f"chance ({100 * chance:.1f}%)"))
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
@@ -115,6 +122,14 @@ def in_progress_plot(runs: list[dict], out: Path, finished: list[dict] = ()) -> 
     fig.suptitle(title + ("; finished runs end in a star" if done else ""), fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out)
+
+
+def _final_point(row: dict, history: pd.DataFrame) -> tuple:
+    """(step, accuracy) of a finished run's final evaluation; its last check where the row lacks either."""
+    step, acc = row.get("steps"), row.get("accuracy")
+    if isinstance(step, (int, float)) and isinstance(acc, (int, float)) and acc == acc:
+        return step, acc
+    return history["step"].iloc[-1], history["accuracy"].iloc[-1]
 
 
 def _lr_text(lr) -> str:

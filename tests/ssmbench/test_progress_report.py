@@ -64,4 +64,28 @@ def test_finished_runs_are_drawn_beside_the_paused_ones(tmp_path, monkeypatch):
     assert ax.get_title() == "lr 1e-3 (1 in progress, 1 finished)"
     stars = [line for line in ax.get_lines() if line.get_marker() == "*"]
     assert len(stars) == 1 and list(stars[0].get_xdata()) == [30] and list(stars[0].get_ydata()) == [100.0]
-    assert "finished (final numbers: the report)" in [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "finished: final evaluation (the report)" in [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def test_the_star_is_the_final_evaluation_joined_to_the_last_check_when_they_differ(tmp_path, monkeypatch):
+    # a run that fell after its last check (Table 1's no-gate S6 at lr 1e-3: 99.1% at 46K, its final evaluation at
+    # 50K 63%): the star sits at the row's steps and accuracy, at the training length's row, not the last check
+    from ssmbench import progress_report
+
+    history = [{"step": s, "accuracy": a, "loss": 1.0} for s, a in ((10, 0.2), (20, 0.9))]
+    run = tmp_path / "runs" / ("a" * 16)
+    run.mkdir(parents=True)
+    (run / "progress.json").write_text(json.dumps({"status": "paused", "step": 20, "history": history}))
+    (run / "run.json").write_text(json.dumps({"model": "h3", "steps": 100, "lr": 1e-3}))
+    (tmp_path / "rows").mkdir()
+    rows = [{"model": "mamba", "seed": 0, "lr": 1e-3, "history": history, "steps": 25, "train_len": 8,
+             "eval_len": n, "accuracy": acc} for n, acc in ((4, 0.99), (8, 0.6), (16, 0.3))]
+    (tmp_path / "rows" / ("b" * 16 + ".json")).write_text(json.dumps(rows))
+    figures = []
+    monkeypatch.setattr(progress_report, "save_figure", lambda fig, png: figures.append(fig) or png)
+    write_in_progress(tmp_path)
+    (ax,) = figures[0].axes
+    (star,) = [line for line in ax.get_lines() if line.get_marker() == "*"]
+    assert list(star.get_xdata()) == [25] and list(star.get_ydata()) == [60.0]
+    joins = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert len(joins) == 1 and list(joins[0].get_xdata()) == [20, 25] and list(joins[0].get_ydata()) == [90.0, 60.0]
