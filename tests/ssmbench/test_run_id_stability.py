@@ -56,6 +56,9 @@ IN_PROGRESS = {
     ("table1.txt", "s4_lr1e3"): "0757950ef8354116",
     ("table1.txt", "h3_lr1e3"): "71ddc9efedf9a05c",
     ("table1.txt", "hyena_lr1e3"): "7c403630a99bec85",
+    ("table1.txt", "mamba_lr1e3_s1"): "6c62966d1d1752cf",
+    ("table1.txt", "s6_h3_lr1e3_s1"): "16962304d857d7e0",
+    ("table1.txt", "s6_nogate_lr1e3_s1"): "42cf578e467cde9a",
 }
 
 
