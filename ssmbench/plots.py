@@ -56,7 +56,8 @@ def save_figure(fig, png: Path) -> Path:
     """PNG at 200 dpi and a PDF beside it; the legend may sit outside the axes, so crop to everything drawn."""
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=DPI, bbox_inches="tight")
-    fig.savefig(png.with_suffix(".pdf"), bbox_inches="tight")
+    # no creation date in the PDF: a figure redrawn from the same rows is then the same file, and git shows no change
+    fig.savefig(png.with_suffix(".pdf"), bbox_inches="tight", metadata={"CreationDate": None})
     plt.close(fig)
     return png
 

@@ -22,6 +22,7 @@ import argparse
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .grouping import (
@@ -193,7 +194,8 @@ def plot(df: pd.DataFrame, out: Path) -> list[Path]:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
         ax.set_xlim(0, 110)
-    ax.set_title(f"Accuracy on scored positions ({task})")
+    # left-aligned: the chance legend of the bar chart sits above the axes' right end
+    ax.set_title(f"Accuracy on scored positions ({task})", loc="left")
     # No tight_layout: it would shrink the axes to fit the outside legend; save_figure crops around both.
     paths.append(save_figure(fig, out / "accuracy.png"))
 
@@ -211,8 +213,15 @@ def plot(df: pd.DataFrame, out: Path) -> list[Path]:
         order = _bars(ax, data, "value", palette, "median")
         seeds = data.groupby("label")["seed"].nunique().max()
         if seeds > 1:  # the bar is the median; each run a dot, so the spread over seeds shows
-            sns.stripplot(data=data, y="label", x="value", order=order, color="black", size=3, jitter=0.15,
-                          orient="h", ax=ax)
+            # seaborn draws the jitter from numpy's global generator: seeded here (and restored), so the same rows
+            # give the same figure on every redraw
+            saved = np.random.get_state()
+            np.random.seed(0)
+            try:
+                sns.stripplot(data=data, y="label", x="value", order=order, color="black", size=3, jitter=0.15,
+                              orient="h", ax=ax)
+            finally:
+                np.random.set_state(saved)
             ax.set_yticks(range(len(order)), [legend_label(o) for o in order])
             ax.set_ylabel("model")
         ax.set_xlabel(label)

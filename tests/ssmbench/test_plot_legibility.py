@@ -84,3 +84,23 @@ def test_an_accuracy_under_100_never_reads_100():
     assert pct_text(100.0) == "100.0"
     assert pct_text(57.04) == "57.0"
     assert pct_text(0.0) == "0.0"
+
+
+def test_a_redraw_from_the_same_rows_gives_the_same_files(tmp_path):
+    # the throughput and memory figures jitter their per-seed dots and the PDFs carried their creation time, so
+    # every `ssmbench-report` rewrote them and git showed figures changed that had not
+    from ssmbench.report import plot
+
+    from .test_report_paper import synthetic_runs
+
+    for rows in synthetic_runs():
+        write_rows(rows_path(tmp_path, "study", rows[0]["run_id"]), rows)
+    df = load_frame(tmp_path / "study", ())
+
+    def drawn(out):
+        paths = plot(df, out)
+        return {p.name: p.read_bytes() for png in paths for p in (png, png.with_suffix(".pdf"))}
+
+    first, second = drawn(tmp_path / "a"), drawn(tmp_path / "b")
+    assert "throughput.png" in first and "throughput.pdf" in first
+    assert first == second, sorted(name for name in first if first[name] != second[name])
