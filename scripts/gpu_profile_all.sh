@@ -21,6 +21,8 @@
 # STEP_OPTIONS_EXPERIMENTS and STEP_OPTIONS_MODELS choose, default "table1" (GPU-bound: where the options show) and
 # "mamba h3 hyena s4 mamba_s4").
 # train_profile's models: PROFILE_MODELS (graphed, by family) and PROFILE_OPS_MODELS (eager, by op), either empty.
+# table1_steps: every Table 1 row's graphed step at the defaults, one model at a time (the GPU cost of a row is its
+# ms/step x its steps; TABLE1_STEP_MODELS narrows the models), into OUT/table1_steps.
 # compile: the graphed Table 1 step with trainer.compile=default against none (COMPILE_MODELS, default "mamba h3 hyena
 # s4"), into OUT/compile.
 # Each stage has its own time limit (and the apps their own budget_s inside it), so one that overruns cannot
@@ -114,6 +116,9 @@ stage step_options 360 bash -c "for opts in '' SSMBENCH_MAMBA_LTI=token SSMBENCH
   tag=\$(echo \"\${opts:-defaults}\" | tr ' =' '+-'); env \$opts $PY -m ssmbench.perf.training --experiments \
   ${STEP_OPTIONS_EXPERIMENTS:-table1} --models ${STEP_OPTIONS_MODELS:-mamba h3 hyena s4 mamba_s4 mamba_hyena} --modes graphs \
   --steps 20 --repeats 3 --tag \"\$tag\" --out '$OUT/step_options/rows'; done"
+stage table1_steps 240 $PY -m ssmbench.perf.training --experiments table1 --models \
+  ${TABLE1_STEP_MODELS:-mamba s6_nogate s6_h3 s4 h3 hyena mamba_s4 mamba_hyena transformer lstm} --modes graphs \
+  --steps 20 --repeats 3 --tag defaults --out "$OUT/table1_steps/rows"
 # trainer.compile (torch.compile of the forward and loss) against none, inside the graphed step; the first step of
 # each compiled model also pays the compile, which the warm-up steps absorb (COMPILE_MODELS narrows the models)
 stage compile 420 bash -c "for c in none default; do $PY -m ssmbench.perf.training --experiments table1 \
