@@ -17,12 +17,11 @@ continues under another), and recorded in every row (`kernel_options`) so a timi
                                              (PyTorch's depthwise conv, the layer on [B, L, E])
 
 The first value of each is the default: the faster path inside the graphed Table 1 step on the H200 (stage
-step_options of `gpu_profile_all.sh`; session 9 for the first four, which together took Mamba's step from 11.7 to
-9.9 ms and H3's from 14.4 to 10.7; session 10 for the FFT layout, which took H3's from 10.7 to 9.1 and S4's from
-8.6 to 6.9; session 11 for the Mamba block's layout around LTI layers, which took Mamba-S4's from 17.3 to 13.1
-and Mamba-Hyena's from 16.4 to 12.1; results/training/README.md). LEGACY is what every run trained with before session 9. Every choice
-gives the same numbers within float rounding (tests/kernels/test_causal_conv1d.py, tests/models/test_kernel_options.py,
-tests/models/test_fftconv.py).
+step_options of `gpu_profile_all.sh`: session 9 for the first four, session 10 for the FFT layout, session 11 for
+the Mamba block's layout around LTI layers; the times are in results/training/README.md). LEGACY is what every run
+trained with before session 9. Every choice gives the same numbers within float rounding
+(tests/kernels/test_causal_conv1d.py, tests/models/test_kernel_options.py, tests/models/test_fftconv.py,
+tests/models/test_mamba_lti_layout.py).
 """
 
 from __future__ import annotations
