@@ -64,24 +64,31 @@ def in_progress_table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def in_progress_plot(runs: list[dict], out: Path, finished: list[dict] = ()) -> Path | None:
+IN_PROGRESS_TITLE = "Runs in progress (paused, continuing): not final results"
+FINISHED_TITLE = ("Held-out accuracy during training, one panel per learning rate; each run ends in a star at its "
+                  "final evaluation")
+
+
+def in_progress_plot(runs: list[dict], out: Path, finished: list[dict] = (),
+                     title: str = IN_PROGRESS_TITLE) -> Path | None:
     """Held-out accuracy against step for each unfinished run, titled as not final: one panel per learning rate
     where the runs use several (a study that runs the paper's lr and a deviation beside it), colour by model, line
     style by seed; a line ends at the run's last check, so how far each run has come reads off the x axis. The
     study's finished runs are drawn beside them, their curves ending in a star (their final numbers are the
-    report's), so that one figure holds every run of the study."""
+    report's), so that one figure holds every run of the study. With no run in progress (`runs` empty) the same
+    figure of the finished runs alone, under `title`."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
     with_history = [r for r in runs if r.get("history")]
-    if not with_history:
-        return None
     done = [r for r in finished if r.get("history")]
+    if not with_history and not (done and not runs):  # nothing in progress has a check yet
+        return None
     everyone = with_history + done
     lrs = sorted({r.get("lr") for r in everyone}, key=lambda v: (v is None, v if v is not None else 0))
     seeds = sorted({r.get("seed", 0) for r in everyone}, key=str)
     fig, axes = plt.subplots(1, len(lrs), figsize=(4.6 * len(lrs) + 2.2, 4.2), sharey=True, squeeze=False)
-    chance = _chance(with_history)
+    chance = _chance(everyone)
     for ax, lr in zip(axes[0], lrs):
         mine = [r for r in with_history if r.get("lr") == lr]
         mine_done = [r for r in done if r.get("lr") == lr]
@@ -102,7 +109,8 @@ def in_progress_plot(runs: list[dict], out: Path, finished: list[dict] = ()) -> 
         if chance is not None:
             ax.axhline(100 * chance, color="grey", ls="--", lw=1)
         ax.set_xlabel("training step")
-        counts = f"{len(mine)} in progress" + (f", {len(mine_done)} finished" if mine_done else "")
+        counts = ", ".join(part for part in (f"{len(mine)} in progress" if mine else "",
+                                             f"{len(mine_done)} finished" if mine_done else "") if part)
         ax.set_title(f"lr {_lr_text(lr)} ({counts})", fontsize=10)
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
@@ -118,8 +126,9 @@ def in_progress_plot(runs: list[dict], out: Path, finished: list[dict] = ()) -> 
     if chance is not None:
         handles.append(Line2D([], [], color="grey", ls="--", lw=1, label=f"chance ({100 * chance:.1f}%)"))
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
-    title = "Runs in progress (paused, continuing): not final results"
-    fig.suptitle(title + ("; finished runs end in a star" if done else ""), fontsize=10)
+    if runs and done:
+        title += "; finished runs end in a star at their final evaluation"
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, out)
 
@@ -150,15 +159,27 @@ def _chance(runs: list[dict]) -> float | None:
 
 
 def write_in_progress(folder: str | Path) -> str:
-    """Markdown section (empty string when nothing is in progress); also draws plots/in_progress.png, and
-    removes it once every run has finished (a stale figure of paused runs would read as current)."""
+    """Markdown section of the runs in progress, with plots/in_progress.png (every run of the study, the finished
+    ones too). Once every run has finished, that figure goes (a stale figure of paused runs would read as
+    current); where the finished runs use several learning rates, plots/curves_by_lr.png takes its place (the
+    same panels, one per lr: the learning curves figure has them all in one panel) and the section shows it;
+    otherwise the section is empty."""
     folder = Path(folder)
+    plots = folder / "plots"
     runs = runs_in_progress(folder)
     if not runs:
-        for stale in (folder / "plots").glob("in_progress.*"):
+        for stale in plots.glob("in_progress.*"):
             stale.unlink()
-        return ""
-    in_progress_plot(runs, folder / "plots" / "in_progress.png", finished_runs(folder))
+        finished = finished_runs(folder)
+        if len({r.get("lr") for r in finished if r.get("history")}) < 2:
+            for stale in plots.glob("curves_by_lr.*"):
+                stale.unlink()
+            return ""
+        in_progress_plot([], plots / "curves_by_lr.png", finished, title=FINISHED_TITLE)
+        return "## Training curves by learning rate\n\n![curves by learning rate](plots/curves_by_lr.png)\n"
+    for stale in plots.glob("curves_by_lr.*"):  # runs were added to a finished study: in_progress.png has them all
+        stale.unlink()
+    in_progress_plot(runs, plots / "in_progress.png", finished_runs(folder))
     return ("## Runs in progress (not results)\n\nPaused runs continue from their checkpoints on the next call of "
             "the same command; these numbers are where they stand, not what they reach.\n\n"
             + in_progress_table(runs) + "\n\n![in progress](plots/in_progress.png)\n")

@@ -89,3 +89,35 @@ def test_the_star_is_the_final_evaluation_joined_to_the_last_check_when_they_dif
     assert list(star.get_xdata()) == [25] and list(star.get_ydata()) == [60.0]
     joins = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
     assert len(joins) == 1 and list(joins[0].get_xdata()) == [20, 25] and list(joins[0].get_ydata()) == [90.0, 60.0]
+
+
+def _finished(folder, rid, lr, acc=0.9):
+    history = [{"step": s, "accuracy": a, "loss": 1.0} for s, a in ((10, 0.2), (20, acc))]
+    rows = folder / "rows"
+    rows.mkdir(exist_ok=True)
+    (rows / f"{rid}.json").write_text(json.dumps([{"model": "mamba", "seed": 0, "lr": lr, "history": history,
+                                                   "steps": 20, "accuracy": acc}]))
+
+
+def test_a_finished_study_at_several_learning_rates_keeps_its_panels_per_lr(tmp_path):
+    # once nothing is in progress, in_progress.png goes; the learning-curves figure puts every lr in one panel, so
+    # curves_by_lr.png keeps the per-lr panels, and goes again when new runs of the study start
+    from matplotlib.image import imread
+
+    _finished(tmp_path, "a" * 16, 1e-3)
+    _finished(tmp_path, "b" * 16, 1e-4, acc=0.5)
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    (plots / "in_progress.png").write_bytes(b"old")
+    section = write_in_progress(tmp_path)
+    assert "plots/curves_by_lr.png" in section and not (plots / "in_progress.png").exists()
+    assert imread(plots / "curves_by_lr.png").shape[1] > 1000  # two panels side by side
+    _run(tmp_path, "c" * 16, "paused", 5)
+    write_in_progress(tmp_path)
+    assert not list(plots.glob("curves_by_lr.*"))
+
+
+def test_a_finished_study_at_one_learning_rate_gets_no_curves_by_lr(tmp_path):
+    _finished(tmp_path, "a" * 16, 1e-3)
+    assert write_in_progress(tmp_path) == ""
+    assert not (tmp_path / "plots").exists() or not list((tmp_path / "plots").glob("curves_by_lr.*"))
