@@ -79,6 +79,7 @@ def in_progress_plot(runs: list[dict], out: Path, finished: list[dict] = (),
     figure of the finished runs alone, under `title`."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
 
     with_history = [r for r in runs if r.get("history")]
     done = [r for r in finished if r.get("history")]
@@ -96,8 +97,9 @@ def in_progress_plot(runs: list[dict], out: Path, finished: list[dict] = (),
             h = pd.DataFrame(r["history"])
             colour = model_colour(str(r.get("model")))
             style = LINE_STYLES[seeds.index(r.get("seed", 0)) % len(LINE_STYLES)]
+            # markers: a run with one check so far still shows; past 40 checks they would hide the line
             ax.plot(h["step"], 100 * h["accuracy"], color=colour, ls=style, lw=1.6,
-                    marker="o", ms=3)  # markers: a run with one check so far still shows
+                    marker="o" if len(h) <= 40 else None, ms=3)
             if r in mine_done:
                 # the star is the run's final evaluation (its row), which can differ from its last check: a dotted
                 # line joins them (a run that collapsed after its last check reads as such)
@@ -109,6 +111,7 @@ def in_progress_plot(runs: list[dict], out: Path, finished: list[dict] = (),
         if chance is not None:
             ax.axhline(100 * chance, color="grey", ls="--", lw=1)
         ax.set_xlabel("training step")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v else "0"))
         counts = ", ".join(part for part in (f"{len(mine)} in progress" if mine else "",
                                              f"{len(mine_done)} finished" if mine_done else "") if part)
         ax.set_title(f"lr {_lr_text(lr)} ({counts})", fontsize=10)
@@ -170,8 +173,11 @@ def write_in_progress(folder: str | Path) -> str:
     if not runs:
         for stale in plots.glob("in_progress.*"):
             stale.unlink()
-        finished = finished_runs(folder)
-        if len({r.get("lr") for r in finished if r.get("history")}) < 2:
+        finished = [r for r in finished_runs(folder) if r.get("history")]
+        # Only where lr, model and seed name every run: the panels tell nothing else apart (colour is the model,
+        # line style the seed), so variants of a model (a batch size, a position encoding) would draw alike.
+        keys = [(r.get("lr"), r.get("model"), r.get("seed", 0)) for r in finished]
+        if len({lr for lr, _, _ in keys}) < 2 or len(set(keys)) < len(keys):
             for stale in plots.glob("curves_by_lr.*"):
                 stale.unlink()
             return ""

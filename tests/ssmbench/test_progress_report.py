@@ -121,3 +121,11 @@ def test_a_finished_study_at_one_learning_rate_gets_no_curves_by_lr(tmp_path):
     _finished(tmp_path, "a" * 16, 1e-3)
     assert write_in_progress(tmp_path) == ""
     assert not (tmp_path / "plots").exists() or not list((tmp_path / "plots").glob("curves_by_lr.*"))
+
+
+def test_no_curves_by_lr_where_variants_of_a_model_share_an_lr_and_a_seed(tmp_path):
+    # two runs of one model, seed and lr (say batch 8 and batch 64) would draw alike in those panels
+    _finished(tmp_path, "a" * 16, 1e-3)
+    _finished(tmp_path, "b" * 16, 1e-4)
+    _finished(tmp_path, "c" * 16, 1e-4, acc=0.4)
+    assert write_in_progress(tmp_path) == ""
