@@ -245,16 +245,18 @@ class EnsembleStep:
         batches = [self.task.sample(batch_size, None, g) for g in generators]
         return type(batches[0])(torch.stack([b.inputs for b in batches]), torch.stack([b.targets for b in batches]))
 
-    def clip_per_member(self) -> None:
-        """clip_grad_norm_ for each member on its own: the norm over member i's slice of every gradient."""
+    def clip_per_member(self) -> torch.Tensor | None:
+        """clip_grad_norm_ for each member on its own: the norm over member i's slice of every gradient. Returns
+        the members' norms before clipping [k] (None without gradients)."""
         grads = [p.grad for p in self.trainable if p.grad is not None]
         if not grads:
-            return
+            return None
         norms = torch.stack([torch.linalg.vector_norm(g.reshape(self.k, -1), 2, dim=1) for g in grads])
         total = torch.linalg.vector_norm(norms, 2, dim=0)  # [k]
         coef = (self.cfg.grad_clip / (total + 1e-6)).clamp(max=1.0)
         for g in grads:
             g.mul_(coef.view(self.k, *([1] * (g.dim() - 1))).to(g.dtype))
+        return total
 
     def __call__(self, batch) -> torch.Tensor:
         """One step of every member on `batch` (inputs, targets [k, batch, L]); returns the members' losses [k]
@@ -269,11 +271,10 @@ class EnsembleStep:
         loss, correct, scored = self._loss(logits, batch.targets)
         self.opt.zero_grad(set_to_none=True)
         loss.sum().backward()  # members share no parameter: each slice gets its own member's gradient
-        if self.cfg.grad_clip > 0:
-            self.clip_per_member()
+        norms = self.clip_per_member() if self.cfg.grad_clip > 0 else None
         self.opt.step()
         self.sched.step()
-        self.meters.add(loss, correct, scored, self.step_t)
+        self.meters.add(loss, correct, scored, self.step_t, norms)
         self.step_t.add_(1)
         self.member_steps = [s + 1 for s in self.member_steps]
         return loss.detach()

@@ -64,7 +64,17 @@ from .run import (
     train_fields,
 )
 from .tracking import make_tracker
-from .train import STOP_ALL, TrainResult, _checkpoint, _restore, _StopRequest, note_kernel_options
+from .train import (
+    STOP_ALL,
+    TrainResult,
+    _checkpoint,
+    _restore,
+    _StopRequest,
+    check_scalars,
+    note_grad_norm,
+    note_kernel_options,
+    record_check,
+)
 
 log = logging.getLogger("ssmbench")
 STEP_MODE = "ensemble"
@@ -357,6 +367,7 @@ def train_ensemble(members: list[Member]) -> str:
                             gone.append(m)
                         else:
                             m.res.final_train_loss, m.res.final_train_accuracy = r["last_loss"], r["last_accuracy"]
+                            note_grad_norm(m.res, r["grad_norm_max"])
                 if at_check:
                     peak = peak_memory_bytes(device)
                     _sync_models(ens, active)
@@ -370,12 +381,11 @@ def train_ensemble(members: list[Member]) -> str:
                                                     batch_size=trainer.check_batch_size or trainer.batch_size,
                                                     max_tokens=1 << 62, device=device,
                                                     autocast=autocast_factory(device, m.p.precision))
-                        m.res.history.append({"step": done, "accuracy": check["accuracy"], "loss": check["loss"]})
+                        norm = record_check(m.res, done, check)
                         _info(m, "%s step %d/%d: held-out accuracy %.4f loss %.4f | training loss %.4f (last %d "
-                              "steps)", m.desc, done, trainer.steps, check["accuracy"], check["loss"], r["loss"],
-                              r["steps"])
-                        m.tracker.scalars(done, {"heldout/accuracy": check["accuracy"], "heldout/loss": check["loss"],
-                                                 "train/loss": r["loss"], "train/accuracy": r["accuracy"]})
+                              "steps)%s", m.desc, done, trainer.steps, check["accuracy"], check["loss"], r["loss"],
+                              r["steps"], norm)
+                        m.tracker.scalars(done, check_scalars(m.res, r))
                         if trainer.target_accuracy is not None and check["accuracy"] >= trainer.target_accuracy:
                             m.res.stopped_early = True
                             gone.append(m)
@@ -393,6 +403,7 @@ def train_ensemble(members: list[Member]) -> str:
                         for m, r in zip(active, reads):
                             if r["steps"]:
                                 m.res.final_train_loss, m.res.final_train_accuracy = r["last_loss"], r["last_accuracy"]
+                                note_grad_norm(m.res, r["grad_norm_max"])
                     synchronize(device)
                     bank_time()
                     ens = leave(gone)
@@ -418,6 +429,7 @@ def train_ensemble(members: list[Member]) -> str:
                 for m, r in zip(active, ens.meters.read()):
                     if r["steps"]:
                         m.res.final_train_loss, m.res.final_train_accuracy = r["last_loss"], r["last_accuracy"]
+                        note_grad_norm(m.res, r["grad_norm_max"])  # a pause keeps it for the next check
                 bank_time()
                 _sync_models(ens, active)
                 for i, m in enumerate(active):

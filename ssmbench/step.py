@@ -70,9 +70,17 @@ class Meters:
         self.scored, self.count = z(torch.int64), z(torch.int64)
         self.last_loss, self.last_correct, self.last_scored = z(torch.float32), z(torch.int64), z(torch.int64)
         self.first_bad = torch.full(shape, -1, device=device, dtype=torch.int64)  # 0-based step of the first NaN/inf
+        # The largest gradient norm before clipping since the last read: a loss spike shows in it first. Whether
+        # any was given is known on the host (a step without clipping computes none), so the read says None then.
+        self.grad_norm_max = z(torch.float32)
+        self.tracks_grad_norm = False
 
-    def add(self, loss: torch.Tensor, correct: torch.Tensor, scored: torch.Tensor, step: torch.Tensor) -> None:
+    def add(self, loss: torch.Tensor, correct: torch.Tensor, scored: torch.Tensor, step: torch.Tensor,
+            grad_norm: torch.Tensor | None = None) -> None:
         """All in-place device ops, so the same code runs eagerly and inside a captured graph."""
+        if grad_norm is not None:
+            self.tracks_grad_norm = True
+            self.grad_norm_max.copy_(torch.maximum(self.grad_norm_max, grad_norm.detach().float()))
         loss = loss.detach().float()
         self.loss_sum.add_(loss)
         self.correct.add_(correct)
@@ -89,17 +97,25 @@ class Meters:
         list of those, one per member, with `members`."""
         vals = torch.stack([self.loss_sum, self.correct.float(), self.scored.float(), self.count.float(),
                             self.last_loss, self.last_correct.float(), self.last_scored.float(),
-                            self.first_bad.float()], dim=-1).tolist()
-        for t in (self.loss_sum, self.correct, self.scored, self.count):
+                            self.first_bad.float(), self.grad_norm_max], dim=-1).tolist()
+        for t in (self.loss_sum, self.correct, self.scored, self.count, self.grad_norm_max):
             t.zero_()
-        rows = [_meter_row(*v) for v in (vals if self.members is not None else [vals])]
+        rows = [_meter_row(*v, self.tracks_grad_norm) for v in (vals if self.members is not None else [vals])]
         return rows if self.members is not None else rows[0]
 
 
-def _meter_row(loss_sum, correct, scored, count, last_loss, last_correct, last_scored, first_bad) -> dict:
+def _meter_row(loss_sum, correct, scored, count, last_loss, last_correct, last_scored, first_bad, grad_norm_max,
+               tracks_grad_norm) -> dict:
     return {"loss": loss_sum / max(count, 1), "accuracy": correct / max(scored, 1), "steps": int(count),
             "last_loss": last_loss, "last_accuracy": last_correct / max(last_scored, 1),
-            "first_bad_step": int(first_bad)}
+            "first_bad_step": int(first_bad), "grad_norm_max": grad_norm_max if tracks_grad_norm else None}
+
+
+def max_grad_norm(a: float | None, b: float | None) -> float | None:
+    """The larger of two window maxima of the gradient norm, None where neither window had one, NaN kept."""
+    if a is None or b is None:
+        return b if a is None else a
+    return a if math.isnan(a) or a >= b else b
 
 
 def make_optimizer(model, cfg: TrainerConfig, device: torch.device, device_schedule: bool) -> torch.optim.AdamW:
@@ -236,12 +252,14 @@ class TrainStep:
         # Captured gradients must stay at fixed addresses: zeroed in place, not freed.
         self.opt.zero_grad(set_to_none=self.mode != "graphs")
         loss.backward()
+        norm = None
         if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip, foreach=self.device.type == "cuda")
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip,
+                                                  foreach=self.device.type == "cuda")
         self.opt.step()
         if self.sched is not None:
             self.sched.step()
-        self.meters.add(loss, correct, scored, self.step_t)
+        self.meters.add(loss, correct, scored, self.step_t, norm)
         self.step_t.add_(1)
 
     def __call__(self, batch) -> None:

@@ -32,7 +32,7 @@ from .kernels.common.options import LEGACY as LEGACY_KERNEL_OPTIONS
 from .kernels.common.options import describe as describe_kernel_options
 from .kernels.common.options import same as same_kernel_options
 from .metrics import peak_memory_bytes, reset_peak_memory, sample_memory, synchronize
-from .step import COMPILE_MODES, STEP_MODES, TrainStep
+from .step import COMPILE_MODES, STEP_MODES, TrainStep, max_grad_norm
 
 log = logging.getLogger("ssmbench")
 SCHEDULES = ("constant", "cosine")
@@ -90,7 +90,12 @@ class TrainResult:
     final_train_loss: float = math.nan  # the last step's
     final_train_accuracy: float = math.nan
     stopped_early: bool = False
-    history: list[dict] = field(default_factory=list)  # held-out checks: step, accuracy, loss
+    # held-out checks: step, accuracy, loss; and since session 11 grad_norm_max, the largest gradient norm before
+    # clipping over the steps since the previous check (None without clipping; a run resumed from an older
+    # checkpoint counts from the resume)
+    history: list[dict] = field(default_factory=list)
+    # that maximum so far for the next check, kept across a pause in the checkpoint
+    grad_norm_max_since_check: float | None = None
     resumes: int = 0  # how many times this run continued from a checkpoint
     step_mode: str = "eager"  # eager | graphs, as actually run
     step_mode_reason: str = ""  # why graphs fell back to eager, if they did
@@ -161,7 +166,33 @@ def _restore(ckpt: dict, model, step: TrainStep, generator: torch.Generator, res
     res.resumes = int(ckpt["resumes"]) + 1
     # checkpoints from before the options existed trained under the legacy paths (the defaults until session 9)
     res.kernel_options = ckpt.get("kernel_options") or LEGACY_KERNEL_OPTIONS
+    res.grad_norm_max_since_check = ckpt.get("grad_norm_max_since_check")
     return int(ckpt["step"])
+
+
+def note_grad_norm(res: TrainResult, window_max: float | None) -> None:
+    """Fold one meters read's gradient-norm maximum into the run's maximum since its last check."""
+    res.grad_norm_max_since_check = max_grad_norm(res.grad_norm_max_since_check, window_max)
+
+
+def record_check(res: TrainResult, step: int, check: dict) -> str:
+    """Append the held-out check at `step` to the run's history, with the largest gradient norm since the previous
+    check (which starts again); returns that norm as text for the log line ('' without one)."""
+    norm = res.grad_norm_max_since_check
+    res.history.append({"step": step, "accuracy": check["accuracy"], "loss": check["loss"], "grad_norm_max": norm})
+    res.grad_norm_max_since_check = None
+    return "" if norm is None else f", largest gradient norm {norm:.3g} since the last check"
+
+
+def check_scalars(res: TrainResult, read: dict) -> dict[str, float]:
+    """What experiment tracking logs at a check (after record_check): the held-out check, the training window's
+    loss and accuracy, and the largest gradient norm since the previous check where clipping computed one."""
+    last = res.history[-1]
+    scalars = {"heldout/accuracy": last["accuracy"], "heldout/loss": last["loss"], "train/loss": read["loss"],
+               "train/accuracy": read["accuracy"]}
+    if last.get("grad_norm_max") is not None:
+        scalars["train/grad_norm_max"] = last["grad_norm_max"]
+    return scalars
 
 
 def note_kernel_options(res: TrainResult) -> None:
@@ -182,7 +213,7 @@ def _checkpoint(folder: Path, run_id: str, done: int, model, step: TrainStep, ge
         "history": res.history, "train_time_s": res.train_time_s, "train_peak_mem_bytes": res.train_peak_mem_bytes,
         "final_train_loss": res.final_train_loss, "final_train_accuracy": res.final_train_accuracy,
         "resumes": res.resumes, "step_mode": step.mode, "written_at": time.time(),
-        "kernel_options": res.kernel_options,
+        "kernel_options": res.kernel_options, "grad_norm_max_since_check": res.grad_norm_max_since_check,
     }
     save_checkpoint(folder / CHECKPOINT, state)
     write_progress(folder, {"run_id": run_id, "status": status, "step": done, "train_time_s": res.train_time_s,
@@ -235,6 +266,7 @@ def train(model, task, cfg: TrainerConfig, device: torch.device, precision: str,
                     done = bad
                     break
                 res.final_train_loss, res.final_train_accuracy = m["last_loss"], m["last_accuracy"]
+                note_grad_norm(res, m["grad_norm_max"])
                 bar.update(done - bar.n)
                 bar.set_postfix(loss=f"{m['loss']:.3f}", acc=f"{m['accuracy']:.3f}", refresh=False)
             if at_check:
@@ -246,12 +278,11 @@ def train(model, task, cfg: TrainerConfig, device: torch.device, precision: str,
                     check = evaluate_length(model, task, seq_len, g, batches=1,
                                             batch_size=cfg.check_batch_size or cfg.batch_size,
                                             max_tokens=1 << 62, device=device, autocast=autocast)
-                res.history.append({"step": done, "accuracy": check["accuracy"], "loss": check["loss"]})
-                log.info("%s step %d/%d: held-out accuracy %.4f loss %.4f | training loss %.4f (last %d steps)",
-                         desc, done, cfg.steps, check["accuracy"], check["loss"], m["loss"], m["steps"])
+                norm = record_check(res, done, check)
+                log.info("%s step %d/%d: held-out accuracy %.4f loss %.4f | training loss %.4f (last %d steps)%s",
+                         desc, done, cfg.steps, check["accuracy"], check["loss"], m["loss"], m["steps"], norm)
                 if on_check is not None:  # experiment tracking (tracking.py), at the same cadence as the log
-                    on_check(done, {"heldout/accuracy": check["accuracy"], "heldout/loss": check["loss"],
-                                    "train/loss": m["loss"], "train/accuracy": m["accuracy"]})
+                    on_check(done, check_scalars(res, m))
                 synchronize(device)
                 segment_start = time.perf_counter()
                 if cfg.target_accuracy is not None and check["accuracy"] >= cfg.target_accuracy:
@@ -279,6 +310,7 @@ def train(model, task, cfg: TrainerConfig, device: torch.device, precision: str,
         m = step.meters.read()
         if m["steps"]:
             res.final_train_loss, res.final_train_accuracy = m["last_loss"], m["last_accuracy"]
+            note_grad_norm(res, m["grad_norm_max"])  # a pause keeps it in the checkpoint for the next check
     bank_time()
     res.steps = done
     res.train_peak_mem_bytes = max(res.train_peak_mem_bytes, peak_memory_bytes(device))

@@ -48,7 +48,7 @@ def load_script(name: str):
     return mod
 
 
-def train_losses(model_name: str, mode: str, steps: int, extra=(), device: str = "cuda"):
+def train_losses(model_name: str, mode: str, steps: int, extra=(), device: str = "cuda", norms: list | None = None):
     """A tiny model's first `steps` training losses (fp32, seeded) under step mode `mode`, and its TrainStep."""
     import torch
 
@@ -67,5 +67,8 @@ def train_losses(model_name: str, mode: str, steps: int, extra=(), device: str =
     losses = []
     for _ in range(steps):
         step(p.task.sample(p.trainer.batch_size, None, gen))
-        losses.append(step.meters.read()["last_loss"])
+        read = step.meters.read()
+        losses.append(read["last_loss"])
+        if norms is not None:  # each step's gradient norm before clipping
+            norms.append(read["grad_norm_max"])
     return losses, step

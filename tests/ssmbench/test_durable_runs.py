@@ -100,6 +100,9 @@ def test_time_budget_pauses_and_the_next_calls_continue(tmp_path):
     assert rows[0]["resumes"] == calls - 1
     steps = [h["step"] for h in rows[0]["history"]]
     assert steps == [20, 40, 60]  # the held-out curve continues across the pauses, each check once
+    # each check's largest gradient norm covers every step since the previous one, across the pauses too: the rows
+    # equal the uninterrupted run's (above), whose maxima are over whole intervals
+    assert all(isinstance(h["grad_norm_max"], float) and h["grad_norm_max"] > 0 for h in rows[0]["history"])
     weights = _weights(_only_run(root, "s"))
     assert all(torch.equal(weights[k], weights_ref[k]) for k in weights)
 

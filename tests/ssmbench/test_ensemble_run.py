@@ -63,6 +63,8 @@ def _same_rows(ens: list[dict], solo: list[dict], tol: float = 1e-4):
                 for he, hs in zip(e[key], s[key]):
                     assert math.isclose(he["accuracy"], hs["accuracy"], abs_tol=tol)
                     assert math.isclose(he["loss"], hs["loss"], rel_tol=tol, abs_tol=tol)
+                    # each member clipped by its own norm, which it meters as the run alone does
+                    assert math.isclose(he["grad_norm_max"], hs["grad_norm_max"], rel_tol=tol, abs_tol=tol)
             else:
                 assert e[key] == s[key], key
         for key in CLOSE_KEYS:
@@ -170,11 +172,11 @@ def test_a_member_whose_loss_goes_non_finite_ends_nan_and_the_other_goes_on(tmp_
         add = self.meters.add
         k = self.k
 
-        def poisoned(loss, correct, scored, step):
+        def poisoned(loss, correct, scored, step, grad_norm=None):
             if k == 2 and int(step) >= 3:
                 loss = loss.clone()
                 loss[0] = float("nan")
-            return add(loss, correct, scored, step)
+            return add(loss, correct, scored, step, grad_norm)
 
         self.meters.add = poisoned
 

@@ -20,7 +20,8 @@ def test_tensorboard_logs_the_checks_and_the_final_accuracy(tmp_path):
     events = EventAccumulator(str(folder))
     events.Reload()
     tags = events.Tags()["scalars"]
-    assert {"heldout/accuracy", "heldout/loss", "train/loss", "final/accuracy_by_length"} <= set(tags)
+    assert {"heldout/accuracy", "heldout/loss", "train/loss", "train/grad_norm_max",
+            "final/accuracy_by_length"} <= set(tags)
     assert [e.step for e in events.Scalars("heldout/accuracy")] == [10]  # trainer.check_every=10 of 20 steps
     assert sorted(e.step for e in events.Scalars("final/accuracy_by_length")) == [16, 32]
 

@@ -26,6 +26,38 @@ def test_meters_keep_the_first_non_finite_step_and_reset_the_window():
     assert r["steps"] == 1 and r["loss"] == 0.5 and r["accuracy"] == 0.5 and r["first_bad_step"] == 2
 
 
+def test_meters_keep_the_largest_gradient_norm_of_each_window():
+    from ssmbench.step import max_grad_norm
+
+    one = (torch.tensor(1.0), torch.tensor(1), torch.tensor(4))
+    m = Meters(torch.device("cpu"))
+    m.add(*one, torch.tensor(0))  # a step without clipping computes no norm
+    assert m.read()["grad_norm_max"] is None
+    for i, norm in enumerate([1.0, 3.0, 2.0]):
+        m.add(*one, torch.tensor(i), torch.tensor(norm))
+    assert m.read()["grad_norm_max"] == 3.0
+    m.add(*one, torch.tensor(3), torch.tensor(0.5))
+    assert m.read()["grad_norm_max"] == 0.5  # the window starts again at each read
+    # windows folded into the maximum since a check: None where none had a norm, a NaN kept
+    assert max_grad_norm(None, None) is None and max_grad_norm(None, 2.0) == 2.0 and max_grad_norm(3.0, 2.0) == 3.0
+    assert math.isnan(max_grad_norm(float("nan"), 2.0)) and math.isnan(max_grad_norm(2.0, float("nan")))
+
+
+def test_the_step_meters_the_norm_that_clipping_saw(monkeypatch):
+    seen = []
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: seen.append(clip(*a, **k)) or seen[-1])
+    p = prepare(compose_cfg(tiny_overrides("mamba") + ["device=cpu", "trainer.precision=fp32"]))
+    torch.manual_seed(0)
+    step = TrainStep(LanguageModel(p.model_cfg, p.task.vocab_size), p.task, p.trainer, p.device, p.precision, "eager")
+    gen = torch.Generator().manual_seed(0)
+    read = []
+    for _ in range(3):
+        step(p.task.sample(p.trainer.batch_size, None, gen))
+        read.append(step.meters.read()["grad_norm_max"])
+    assert read == [float(n) for n in seen] and len(set(read)) == 3 and all(n > 0 for n in read)
+
+
 def test_step_modes_and_their_errors():
     cpu = torch.device("cpu")
     assert resolve_step_mode("auto", cpu) == "eager"
@@ -48,17 +80,21 @@ def test_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in zip(f[4:], f[5:])) and f[-1] >= cfg.min_lr_ratio
 
 
-def _losses(model_name: str, mode: str, steps: int, extra=()) -> tuple[list[float], TrainStep]:
-    return train_losses(model_name, mode, steps, extra, device="cuda")
+def _losses(model_name: str, mode: str, steps: int, extra=(), norms=None) -> tuple[list[float], TrainStep]:
+    return train_losses(model_name, mode, steps, extra, device="cuda", norms=norms)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("model_name", ["mamba", "transformer", "s4", "h3", "hyena", "lstm", "s6_nogate"])
 def test_graphed_step_follows_eager_loss_curve(model_name):
-    eager, _ = _losses(model_name, "eager", 30)
-    graphed, step = _losses(model_name, "graphs", 30)
+    norms_eager, norms_graphed = [], []
+    eager, _ = _losses(model_name, "eager", 30, norms=norms_eager)
+    graphed, step = _losses(model_name, "graphs", 30, norms=norms_graphed)
     assert step.mode == "graphs", step.reason  # captured, not fallen back
     assert step.graph is not None
+    # the gradient norm that clipping saw, metered inside the graph as in eager
+    for a, b in zip(norms_eager[:5], norms_graphed[:5]):
+        assert abs(a - b) <= 1e-3 * abs(a), (norms_eager, norms_graphed)
     # fp32, the same arithmetic: the first steps agree closely; later ones drift apart as any two runs whose
     # reductions differ in order do (measured on an H200: ~0.3% by step 30), so the tail is compared on average.
     for a, b in zip(eager[:5], graphed[:5]):
@@ -161,3 +197,25 @@ def test_cpu_peak_memory_is_per_run_not_the_process_lifetime(monkeypatch):
     assert with_big == 164 * 2**20
     metrics.reset_peak_memory(cpu)  # a new run: the earlier peak is not carried over
     assert metrics.peak_memory_bytes(cpu) == 100 * 2**20
+
+
+def test_the_gradient_norm_maximum_since_the_last_check_survives_a_pause(tmp_path):
+    # a piece that pauses between two checks keeps its maximum so far in the checkpoint; the next piece's first
+    # check then covers the whole interval, as an uninterrupted run's does
+    from ssmbench.checkpoint import CHECKPOINT
+    from ssmbench.train import TrainResult, _checkpoint, _restore, note_grad_norm, record_check
+
+    p = prepare(compose_cfg(tiny_overrides("mamba") + ["device=cpu", "trainer.precision=fp32"]))
+    model = LanguageModel(p.model_cfg, p.task.vocab_size)
+    step = TrainStep(model, p.task, p.trainer, p.device, p.precision, "eager")
+    gen = torch.Generator().manual_seed(0)
+    res = TrainResult()
+    for window in (2.5, 7.0, None):
+        note_grad_norm(res, window)
+    _checkpoint(tmp_path, "r", 3, model, step, gen, res, p.device, "paused")
+    resumed = TrainResult()
+    _restore(torch.load(tmp_path / CHECKPOINT, weights_only=False), model, step, gen, resumed, p.device)
+    note_grad_norm(resumed, 4.0)
+    assert record_check(resumed, 5, {"accuracy": 0.5, "loss": 1.0}) == ", largest gradient norm 7 since the last check"
+    assert resumed.history[-1] == {"step": 5, "accuracy": 0.5, "loss": 1.0, "grad_norm_max": 7.0}
+    assert resumed.grad_norm_max_since_check is None  # the next interval starts afresh
