@@ -21,6 +21,8 @@
 # STEP_OPTIONS_EXPERIMENTS and STEP_OPTIONS_MODELS choose, default "table1" (GPU-bound: where the options show) and
 # "mamba h3 hyena s4 mamba_s4").
 # train_profile's models: PROFILE_MODELS (graphed, by family) and PROFILE_OPS_MODELS (eager, by op), either empty.
+# scan_host: the eager scan's forward and forward+backward at the two short shapes of the training-speed issue's host
+# targets (conf/profile/scan_host.yaml, well under a minute), into OUT/scan_host.
 # table1_steps: every Table 1 row's graphed step at the defaults, one model at a time (the GPU cost of a row is its
 # ms/step x its steps; TABLE1_STEP_MODELS narrows the models), into OUT/table1_steps.
 # compile: the graphed Table 1 step with trainer.compile=default against none (COMPILE_MODELS, default "mamba h3 hyena
@@ -97,6 +99,8 @@ stage kernels 210 $PY -m ssmbench.perf.cli kernels profile="${PRESET:-kernels}" 
   report=false hydra.run.dir="$OUT/logs/hydra/kernels"
 stage targets 360 $PY -m ssmbench.perf.cli kernels profile="${PRESET:-targets}" results_root="$OUT" study=targets \
   report=false hydra.run.dir="$OUT/logs/hydra/targets"
+stage scan_host 120 $PY -m ssmbench.perf.cli kernels profile=scan_host results_root="$OUT" study=scan_host \
+  hydra.run.dir="$OUT/logs/hydra/scan_host"
 stage generation 330 $PY -m ssmbench.perf.cli generate generation="${PRESET:-h200}" results_root="$OUT" \
   study=generation report=false hydra.run.dir="$OUT/logs/hydra/generation"
 stage generators 55 $PY -m ssmbench.perf.cli taskbench taskbench="${PRESET:-full}" results_root="$OUT" \
