@@ -101,13 +101,16 @@ def chance_lines(ax, rows: pd.DataFrame, task: str, vertical: bool = False) -> N
 
 
 def history_frame(rows: pd.DataFrame) -> pd.DataFrame:
-    """One line per held-out check: model, label, run_id, step, accuracy (%), loss. Rows repeat their run's
-    history once per evaluation length, so each run is read once."""
+    """One line per held-out check: model, label, run_id, step, accuracy (%), loss, grad_norm_max (NaN where the
+    check has none: no clipping, or recorded before session 11). Rows repeat their run's history once per
+    evaluation length, so each run is read once."""
     records = []
     for run in rows.drop_duplicates("run_id").to_dict("records"):
         for check in run.get("history") if isinstance(run.get("history"), list) else []:
+            norm = check.get("grad_norm_max")
             records.append({"model": run["model"], "label": run["label"], "run_id": run["run_id"],
-                            "step": check["step"], "accuracy": 100 * check["accuracy"], "loss": check["loss"]})
+                            "step": check["step"], "accuracy": 100 * check["accuracy"], "loss": check["loss"],
+                            "grad_norm_max": math.nan if norm is None else norm})
     return pd.DataFrame(records)
 
 
@@ -117,28 +120,40 @@ def by_task(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 
 def learning_curves(df: pd.DataFrame, out: Path) -> Path | None:
-    """Held-out accuracy (left) and loss (right) against training step; one row of panels per task."""
+    """Held-out accuracy (left) and loss (middle) against training step, and where the checks recorded it the
+    largest gradient norm before clipping since the previous check (right: a loss spike between two checks shows
+    there); one row of panels per task."""
     histories = {task: history_frame(rows) for task, rows in by_task(df).items()}
     histories = {task: h for task, h in histories.items() if not h.empty}
     if not histories:
         return None
+    with_norms = any(h["grad_norm_max"].notna().any() for h in histories.values())
     # each task's panels, then its legend beneath them in two columns (~0.17 in a line)
     legend_in = max(0.6 + 0.17 * math.ceil((h["label"].nunique() + 1) / 2) for h in histories.values())
-    fig, axes = plt.subplots(len(histories), 2, figsize=(12, 3.8 * len(histories)), squeeze=False)
-    for (acc_ax, loss_ax), (task, hist) in zip(axes, histories.items()):
+    fig, axes = plt.subplots(len(histories), 3 if with_norms else 2, figsize=(17.5 if with_norms else 12,
+                                                                            3.8 * len(histories)), squeeze=False)
+    for row, (task, hist) in zip(axes, histories.items()):
+        acc_ax, loss_ax = row[0], row[1]
+        panels = [(acc_ax, "accuracy"), (loss_ax, "loss")] + ([(row[2], "grad_norm_max")] if with_norms else [])
         styles = line_styles(hist)
         for label, g in hist.groupby("label"):
-            for ax, metric in ((acc_ax, "accuracy"), (loss_ax, "loss")):
-                _mean_band(ax, g.pivot_table(index="step", columns="run_id", values=metric), styles[label], label)
+            for ax, metric in panels:
+                table = g.pivot_table(index="step", columns="run_id", values=metric)  # drops checks without one
+                if not table.empty:
+                    _mean_band(ax, table, styles[label], label)
+        if with_norms:
+            row[2].set(xlabel="training step", ylabel="gradient norm (largest since last check)", yscale="log",
+                       title=f"{task}: gradient norm before clipping")
         chance_lines(acc_ax, df[df["task"] == task], task)
         acc_ax.set(xlabel="training step", ylabel="held-out accuracy (%)", ylim=(0, 102), title=f"{task}: accuracy")
         loss_ax.set(xlabel="training step", ylabel="held-out loss (cross-entropy, nats)", yscale="log",
                     title=f"{task}: loss")
         # plain numbers (2.1, 2.2, ...) where the losses span less than a decade, instead of 2.1 x 10^0
-        for set_formatter in (loss_ax.yaxis.set_major_formatter, loss_ax.yaxis.set_minor_formatter):
-            set_formatter(LogFormatter(labelOnlyBase=False))
-        for ax in (acc_ax, loss_ax):  # 50k rather than 50000: the step labels otherwise run into each other
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v else "0"))
+        for ax in row[1:]:
+            for set_formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                set_formatter(LogFormatter(labelOnlyBase=False))
+        for ax in row:  # 50k rather than 50000: the step labels otherwise run into each other
+            ax.xaxis.set_major_formatter(FuncFormatter(step_text))
     fig.suptitle("Learning curves (mean over seeds; band: min..max)", y=1.0)
     fig.tight_layout()
     if len(histories) > 1:  # room between the rows for the legend of the row above
@@ -146,11 +161,16 @@ def learning_curves(df: pd.DataFrame, out: Path) -> Path | None:
     # Each task's legend under its own panels, outside them so it never covers a curve, and below rather than
     # beside them so that long variant labels cannot squeeze the panels: a figure legend placed after the layout
     # (an axes legend would make tight_layout shrink the accuracy panel to the legend's width).
-    for acc_ax, _ in axes:
+    for acc_ax in axes[:, 0]:
         box = acc_ax.get_position()
         fig.legend(*acc_ax.get_legend_handles_labels(), loc="upper left", ncols=2, frameon=False, fontsize=8,
                    bbox_to_anchor=(box.x0, box.y0 - 0.55 / fig.get_figheight()))
     return save_figure(fig, out / "learning_curves.png")
+
+
+def step_text(v, _pos=None) -> str:
+    """A step count for an axis tick: 50k rather than 50000 from 1000 on (long labels run into each other)."""
+    return f"{v / 1000:g}k" if abs(v) >= 1000 else f"{v:g}"
 
 
 def _legend_below(ax, ncols: int = 2) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .checkpoint import PROGRESS, RUN_INFO
-from .plots import LINE_STYLES, chance_accuracy, model_colour, save_figure
+from .plots import LINE_STYLES, chance_accuracy, model_colour, save_figure, step_text
 
 UNFINISHED = ("paused", "running", "evaluating")
 
@@ -111,7 +111,7 @@ def in_progress_plot(runs: list[dict], out: Path, finished: list[dict] = (),
         if chance is not None:
             ax.axhline(100 * chance, color="grey", ls="--", lw=1)
         ax.set_xlabel("training step")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v else "0"))
+        ax.xaxis.set_major_formatter(FuncFormatter(step_text))
         counts = ", ".join(part for part in (f"{len(mine)} in progress" if mine else "",
                                              f"{len(mine_done)} finished" if mine_done else "") if part)
         ax.set_title(f"lr {_lr_text(lr)} ({counts})", fontsize=10)

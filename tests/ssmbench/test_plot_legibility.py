@@ -104,3 +104,21 @@ def test_a_redraw_from_the_same_rows_gives_the_same_files(tmp_path):
     first, second = drawn(tmp_path / "a"), drawn(tmp_path / "b")
     assert "throughput.png" in first and "throughput.pdf" in first
     assert first == second, sorted(name for name in first if first[name] != second[name])
+
+
+def test_learning_curves_add_the_gradient_norm_panel_where_checks_recorded_it(tmp_path, monkeypatch):
+    # a run from before session 11 (no grad_norm_max) beside one with it: three panels, the norm drawn for the one
+    with_norm = make_run("mamba", "selective_copy", 0, {64: 0.9})
+    for i, check in enumerate(with_norm[0]["history"]):
+        check["grad_norm_max"] = 10.0 / (1 + i)
+    for row in with_norm[1:]:
+        row["history"] = with_norm[0]["history"]
+    old = make_run("h3", "selective_copy", 0, {64: 0.5})
+    for rows in (with_norm, old):
+        write_rows(rows_path(tmp_path, "study", rows[0]["run_id"]), rows)
+    df = load_frame(tmp_path / "study", ())
+    fig = _drawn(plots.learning_curves, (df, tmp_path / "plots"), monkeypatch)
+    acc_ax, loss_ax, norm_ax = fig.axes
+    assert norm_ax.get_yscale() == "log" and "gradient norm" in norm_ax.get_title()
+    assert len(norm_ax.get_lines()) == 1 and len(loss_ax.get_lines()) == 2
+    assert min(ax.get_position().width for ax in fig.axes) > 0.2
