@@ -94,7 +94,8 @@ class TrainResult:
     # clipping over the steps since the previous check (None without clipping; a run resumed from an older
     # checkpoint counts from the resume)
     history: list[dict] = field(default_factory=list)
-    # that maximum so far for the next check, kept across a pause in the checkpoint
+    # that maximum so far for the next check, kept across a pause in the checkpoint (a periodic checkpoint holds it
+    # as of the last meters read, so a run killed and resumed from one may miss the steps between the two)
     grad_norm_max_since_check: float | None = None
     resumes: int = 0  # how many times this run continued from a checkpoint
     step_mode: str = "eager"  # eager | graphs, as actually run
