@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import EngFormatter
 
 from .grouping import (
     FEW_SCORED,
@@ -225,6 +226,8 @@ def plot(df: pd.DataFrame, out: Path) -> list[Path]:
             ax.set_yticks(range(len(order)), [legend_label(o) for o in order])
             ax.set_ylabel("model")
         ax.set_xlabel(label)
+        if "tokens" in col:  # 2M tokens/s rather than 2 and a 1e6 at the axis' end
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         dev = ", ".join(sorted(runs["device"].dropna().unique()))
         what = " (bars: median over seeds; dots: runs)" if seeds > 1 else ""
         ax.set_title(f"{label.split(' (')[0].capitalize()} — {dev}{what}", fontsize=10)
