@@ -58,6 +58,8 @@ elif [ "${MPS:-0}" = 1 ]; then
     sharing="time-sliced (MPS=1 asked, but the MPS daemon did not start or run a CUDA program)"
   fi
 fi
+# every row the runs write records it (ssmbench/env.py), so their throughput is never read as a GPU's alone
+export SSMBENCH_GPU_SHARING="$sharing"
 # A warm lent machine keeps /tmp between calls, but each call starts from a copy of our working tree: if the
 # previous call's snapshots were not unpacked here before this call, its checkpoints are older than the machine's
 # own. So the snapshots are mirrored on the machine (gpu_snapshot.sh, SNAPSHOT_MIRROR), and a call first takes,

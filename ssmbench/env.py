@@ -70,4 +70,8 @@ def environment(device: torch.device | str) -> dict[str, str]:
         # the step's implementation choices (environment variables; kernels/common/options.py): a timing is
         # never read without them
         "kernel_options": describe_kernel_options(),
+        # how the call that wrote the row shared its GPU with other runs (scripts/gpu_parallel.sh sets it: mps,
+        # time-sliced, threads, ensemble); empty when the process was started otherwise. Throughput and memory
+        # measured on a shared GPU are per-run rates, not a GPU's alone.
+        "gpu_sharing": os.environ.get("SSMBENCH_GPU_SHARING", ""),
     }

@@ -230,6 +230,10 @@ def plot(df: pd.DataFrame, out: Path) -> list[Path]:
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         dev = ", ".join(sorted(runs["device"].dropna().unique()))
         what = " (bars: median over seeds; dots: runs)" if seeds > 1 else ""
+        sharing = runs["gpu_sharing"].fillna("") if "gpu_sharing" in runs else pd.Series("", index=runs.index)
+        if (sharing != "").any():  # per-run rates of runs that shared a GPU, not what one run gets alone
+            modes = ", ".join(sorted({v.split(" (")[0] for v in sharing if v}))
+            what += f"\n{(sharing != '').sum()} of {len(runs)} runs shared their GPU ({modes}): per-run rates"
         ax.set_title(f"{label.split(' (')[0].capitalize()} — {dev}{what}", fontsize=10)
         paths.append(save_figure(fig, out / name))
     return paths
@@ -290,8 +294,9 @@ def write_report(folder: str | Path, by: tuple[str, ...] = (), best_over: str | 
         parts += ["## Efficiency (training at the training length)", "", eff.to_markdown(), ""]
     if not fails.empty:
         parts += ["## Runs that did not finish cleanly", "", fails.to_markdown(index=False), ""]
-    env_cols = ["device", "torch", "triton", "cuda", "commit"]
-    envs = df.drop_duplicates(["device", "torch", "triton", "commit"])[env_cols] \
+    # gpu_sharing: how a run's GPU was shared (rows since session 11): the efficiency table's rates are per run
+    env_cols = ["device", "torch", "triton", "cuda", "commit"] + (["gpu_sharing"] if "gpu_sharing" in df else [])
+    envs = df.drop_duplicates([c for c in env_cols if c != "cuda"])[env_cols] \
         if "device" in df else pd.DataFrame()
     if not envs.empty:
         parts += ["## Environment", "", envs.to_markdown(index=False), ""]

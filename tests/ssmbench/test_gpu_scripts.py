@@ -40,7 +40,9 @@ def test_parallel_runs_are_spread_over_gpus_and_the_study_comes_back(tmp_path):
     assert [first[n].split(" gpu ")[1].split(",")[0] for n in "abc"] == ["0 of 2", "1 of 2", "0 of 2"]
     fallback = "time-sliced (MPS=1 asked, but the MPS daemon did not start or run a CUDA program)"
     assert all(first[n].endswith(fallback) for n in "abc")
-    assert len(list((tmp_path / "results" / "par" / "rows").glob("*.json"))) == 3
+    rows = [json.loads(p.read_text()) for p in (tmp_path / "results" / "par" / "rows").glob("*.json")]
+    assert len(rows) == 3
+    assert {r["gpu_sharing"] for run in rows for r in run} == {fallback}  # every row says how its GPU was shared
     # the snapshot: rows and logs in par.tgz, run folders (kept models) in par_runs_<k>.tgz
     with tarfile.open(out / "par.tgz") as t:
         names = t.getnames()

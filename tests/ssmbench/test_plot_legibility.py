@@ -122,3 +122,20 @@ def test_learning_curves_add_the_gradient_norm_panel_where_checks_recorded_it(tm
     assert norm_ax.get_yscale() == "log" and "gradient norm" in norm_ax.get_title()
     assert len(norm_ax.get_lines()) == 1 and len(loss_ax.get_lines()) == 2
     assert min(ax.get_position().width for ax in fig.axes) > 0.2
+
+
+def test_throughput_figures_say_when_runs_shared_their_gpu(tmp_path, monkeypatch):
+    from ssmbench import report
+
+    shared = make_run("mamba", "selective_copy", 0, {64: 0.9})
+    for row in shared:
+        row["gpu_sharing"] = "mps"
+    alone = make_run("h3", "selective_copy", 0, {64: 0.5})  # no field: written before it existed, or alone
+    for rows in (shared, alone):
+        write_rows(rows_path(tmp_path, "study", rows[0]["run_id"]), rows)
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, png: figures.append((png.name, fig)) or png)
+    report.plot(load_frame(tmp_path / "study", ()), tmp_path / "plots")
+    titles = {name: fig.axes[0].get_title() for name, fig in figures}
+    assert titles["throughput.png"].endswith("1 of 2 runs shared their GPU (mps): per-run rates")
+    assert "shared" in titles["memory.png"]
