@@ -168,3 +168,55 @@ def test_a_name_that_is_no_run_of_the_study_is_refused_before_anything_starts(tm
                          cwd=tmp_path, env={**env, "NAMES": "alpha", "CHECK_ONLY": "1"}, capture_output=True,
                          text=True, timeout=60)
     assert res.returncode == 0 and not (tmp_path / "r").exists(), res.stderr
+
+
+def test_after_a_call_the_runs_are_unpacked_staged_and_reported(tmp_path):
+    # scripts/after_gpu_call.sh: run A finished in the call (rows, model, no checkpoint), run B advanced (a newer
+    # checkpoint); the tree gets both, git's index follows (A's checkpoint out, its model in; B's new checkpoint
+    # staged although *.pt is ignored), and the study's report is regenerated
+    from .test_report_paper import make_run
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
+
+    repo = tmp_path / "repo"
+    runs = repo / "results" / "s" / "runs"
+    for rid in "AB":
+        (runs / rid).mkdir(parents=True)
+        (runs / rid / "checkpoint.pt").write_bytes(b"old")
+        (runs / rid / "progress.json").write_text(json.dumps({"status": "paused", "step": 10}))
+    (repo / ".gitignore").write_text("*.pt\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("add", "-f", "results/s/runs/A/checkpoint.pt", "results/s/runs/B/checkpoint.pt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "before the call")
+
+    call = tmp_path / "call"  # what the call sent back: the study's rows and logs, and its run folders
+    snap = tmp_path / "snap" / "results" / "s"
+    (snap / "runs" / "A").mkdir(parents=True)
+    (snap / "runs" / "B").mkdir(parents=True)
+    (snap / "rows").mkdir()
+    rows = make_run("mamba", "selective_copy", 0, {64: 0.9})
+    for row in rows:
+        row["run_id"] = "A"
+    (snap / "rows" / "A.json").write_text(json.dumps(rows))
+    (snap / "runs" / "A" / "model.pt").write_bytes(b"model")
+    (snap / "runs" / "A" / "progress.json").write_text(json.dumps({"status": "ok", "step": 20}))
+    (snap / "runs" / "B" / "checkpoint.pt").write_bytes(b"newer")
+    (snap / "runs" / "B" / "progress.json").write_text(json.dumps({"status": "paused", "step": 15}))
+    call.mkdir()
+    with tarfile.open(call / "s.tgz", "w:gz") as t:
+        t.add(tmp_path / "snap" / "results", arcname="results")
+    (call / "other.log").write_text("not a snapshot")
+
+    env = {**os.environ, "PYTHON": sys.executable, "CALLS_DIR": str(tmp_path / "calls")}
+    res = subprocess.run(["bash", str(REPO / "scripts" / "after_gpu_call.sh"), str(call)], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "1 checkpoints of runs in progress staged, 1 of finished runs dropped" in res.stdout
+    assert len(list((tmp_path / "calls").glob("*/s.tgz"))) == 1  # the call's files kept where the next can't clobber
+    assert (runs / "B" / "checkpoint.pt").read_bytes() == b"newer" and not (runs / "A" / "checkpoint.pt").exists()
+    staged = git("diff", "--cached", "--name-status").split("\n")
+    assert "D\tresults/s/runs/A/checkpoint.pt" in staged and "A\tresults/s/runs/A/model.pt" in staged
+    assert "M\tresults/s/runs/B/checkpoint.pt" in staged
+    assert (repo / "results" / "s" / "summary.md").exists()
