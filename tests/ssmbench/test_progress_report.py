@@ -44,16 +44,21 @@ def test_panel_titles_write_small_learning_rates_as_powers_of_ten():
         ["1e-4", "1e-3", "2e-4", "1.5e-4", "0.01", "0.1", "None"]
 
 
+def _paused_h3(folder, history):
+    """An h3 run at lr 1e-3 paused at step 20 with `history`, and the study's empty rows folder."""
+    run = folder / "runs" / ("a" * 16)
+    run.mkdir(parents=True)
+    (run / "progress.json").write_text(json.dumps({"status": "paused", "step": 20, "history": history}))
+    (run / "run.json").write_text(json.dumps({"model": "h3", "steps": 100, "lr": 1e-3}))
+    (folder / "rows").mkdir()
+
+
 def test_finished_runs_are_drawn_beside_the_paused_ones(tmp_path, monkeypatch):
     # one figure holds every run of the study: the paused run's curve, and the finished one's ending in a star
     from ssmbench import progress_report
 
     history = [{"step": s, "accuracy": a, "loss": 1.0} for s, a in ((10, 0.2), (20, 0.5))]
-    run = tmp_path / "runs" / ("a" * 16)
-    run.mkdir(parents=True)
-    (run / "progress.json").write_text(json.dumps({"status": "paused", "step": 20, "history": history}))
-    (run / "run.json").write_text(json.dumps({"model": "h3", "steps": 100, "lr": 1e-3}))
-    (tmp_path / "rows").mkdir()
+    _paused_h3(tmp_path, history)
     done = [{"model": "mamba", "seed": 0, "lr": 1e-3, "history": history + [{"step": 30, "accuracy": 1.0}]}]
     (tmp_path / "rows" / ("b" * 16 + ".json")).write_text(json.dumps(done))
     figures = []
@@ -73,11 +78,7 @@ def test_the_star_is_the_final_evaluation_joined_to_the_last_check_when_they_dif
     from ssmbench import progress_report
 
     history = [{"step": s, "accuracy": a, "loss": 1.0} for s, a in ((10, 0.2), (20, 0.9))]
-    run = tmp_path / "runs" / ("a" * 16)
-    run.mkdir(parents=True)
-    (run / "progress.json").write_text(json.dumps({"status": "paused", "step": 20, "history": history}))
-    (run / "run.json").write_text(json.dumps({"model": "h3", "steps": 100, "lr": 1e-3}))
-    (tmp_path / "rows").mkdir()
+    _paused_h3(tmp_path, history)
     rows = [{"model": "mamba", "seed": 0, "lr": 1e-3, "history": history, "steps": 25, "train_len": 8,
              "eval_len": n, "accuracy": acc} for n, acc in ((4, 0.99), (8, 0.6), (16, 0.3))]
     (tmp_path / "rows" / ("b" * 16 + ".json")).write_text(json.dumps(rows))
