@@ -94,8 +94,8 @@ class TrainResult:
     # clipping over the steps since the previous check (None without clipping; a run resumed from an older
     # checkpoint counts from the resume)
     history: list[dict] = field(default_factory=list)
-    # that maximum so far for the next check, kept across a pause in the checkpoint (a periodic checkpoint holds it
-    # as of the last meters read, so a run killed and resumed from one may miss the steps between the two)
+    # that maximum so far for the next check, kept across a pause in the checkpoint (with the unread steps' maximum:
+    # _pending_grad_norm; an ensemble member killed and resumed may miss the steps since its last read)
     grad_norm_max_since_check: float | None = None
     resumes: int = 0  # how many times this run continued from a checkpoint
     step_mode: str = "eager"  # eager | graphs, as actually run
@@ -203,6 +203,16 @@ def note_kernel_options(res: TrainResult) -> None:
         res.kernel_options = f"{res.kernel_options} then {now}" if res.kernel_options else now
 
 
+def _pending_grad_norm(res: TrainResult, step) -> float | None:
+    """The largest gradient norm since the last check, the steps not yet read from the meters included: a periodic
+    checkpoint is written between reads, and a run killed and resumed from it must meter what an uninterrupted run
+    does (the caller has synchronised). An ensemble member's view has no meters of its own: its folded value only."""
+    meters = getattr(step, "meters", None)
+    if meters is None or meters.members is not None or not meters.tracks_grad_norm:
+        return res.grad_norm_max_since_check
+    return max_grad_norm(res.grad_norm_max_since_check, float(meters.grad_norm_max))
+
+
 def _checkpoint(folder: Path, run_id: str, done: int, model, step: TrainStep, generator: torch.Generator,
                 res: TrainResult, device: torch.device, status: str) -> None:
     with GPU_TURNS.exclusive():  # the global generators are the process's (runs in threads: gpu_turns)
@@ -214,7 +224,7 @@ def _checkpoint(folder: Path, run_id: str, done: int, model, step: TrainStep, ge
         "history": res.history, "train_time_s": res.train_time_s, "train_peak_mem_bytes": res.train_peak_mem_bytes,
         "final_train_loss": res.final_train_loss, "final_train_accuracy": res.final_train_accuracy,
         "resumes": res.resumes, "step_mode": step.mode, "written_at": time.time(),
-        "kernel_options": res.kernel_options, "grad_norm_max_since_check": res.grad_norm_max_since_check,
+        "kernel_options": res.kernel_options, "grad_norm_max_since_check": _pending_grad_norm(res, step),
     }
     save_checkpoint(folder / CHECKPOINT, state)
     write_progress(folder, {"run_id": run_id, "status": status, "step": done, "train_time_s": res.train_time_s,
