@@ -109,7 +109,7 @@ def test_time_budget_pauses_and_the_next_calls_continue(tmp_path):
 
 def test_corrupt_checkpoint_is_named_and_the_run_starts_over(tmp_path):
     root = tmp_path / "corrupt"
-    args = [*LONG, f"results_root={root}", "study=s", "trainer.max_time_s=0.3"]
+    args = [*LONG, f"results_root={root}", "study=s", "trainer.max_time_s=0.05"]
     res = cli(args, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     run = _only_run(root, "s")
@@ -185,7 +185,7 @@ def test_a_row_names_the_kernel_options_of_every_piece(tmp_path, monkeypatch):
     for name in OPTIONS:
         monkeypatch.delenv(name, raising=False)
     root = tmp_path / "mixed"
-    args = [*LONG, f"results_root={root}", "study=s", "trainer.max_time_s=0.3"]
+    args = [*LONG, f"results_root={root}", "study=s", "trainer.max_time_s=0.05"]
     monkeypatch.setenv("SSMBENCH_EMBED", "gather")
     res = cli(args, cwd=tmp_path)
     assert res.returncode == 0 and "paused at step" in res.stderr + res.stdout, res.stderr[-3000:]
